@@ -1,0 +1,31 @@
+"""Shared pytest setup: run the project from its root, like a YOLOv5 user does."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pytest
+import yaml
+
+TINY_SYNTHETIC = {"n_train": 16, "n_val": 8, "imgsz": 64, "seed": 0, "max_objects": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A dataset YAML for a tiny copy of the embedded synthetic set (generated once per session)."""
+    from utils.synthetic import CLASS_NAMES
+    root = tmp_path_factory.mktemp("tiny_synthetic")
+    cfg = {"path": str(root / "data"), "train": "images/train", "val": "images/val",
+           "names": list(CLASS_NAMES), "synthetic": dict(TINY_SYNTHETIC)}
+    yaml_file = root / "tiny.yaml"
+    yaml_file.write_text(yaml.safe_dump(cfg))
+    return yaml_file
+
+
+def tiny_train_args(data, project, name, epochs=2, extra=()):
+    """train.py flags for a seconds-long CPU run on the tiny dataset."""
+    return ["--data", str(data), "--cfg", "yolov5n.yaml", "--epochs", str(epochs), "--imgsz", "64",
+            "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(project),
+            "--name", name, "--noplots", *extra]

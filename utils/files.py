@@ -1,0 +1,57 @@
+"""Run folders and small file helpers shared by the CLIs."""
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]  # repository root
+
+
+def increment_path(path, exist_ok=False, sep="", mkdir=False):
+    """Return `path` or the next free `path2`, `path3`, ... (runs/train/exp -> runs/train/exp2).
+
+    YOLOv5 numbers runs this way; sweep scripts rely on it. With `exist_ok` the path is reused.
+    """
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        stem, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
+        pattern = re.compile(re.escape(stem.name) + re.escape(sep) + r"(\d+)$")
+        taken = [int(m.group(1)) for p in stem.parent.glob(stem.name + sep + "*")
+                 if (m := pattern.match(p.with_suffix("").name if suffix else p.name))]
+        n = max(taken + [1]) + 1
+        path = Path(f"{stem}{sep}{n}{suffix}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def yaml_load(file):
+    """Read a YAML file with the safe loader: a YAML never executes anything."""
+    with open(file, errors="ignore") as f:
+        return yaml.safe_load(f) or {}
+
+
+def yaml_save(file, data):
+    """Write plain data (paths become strings) as YAML."""
+    clean = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+    with open(file, "w") as f:
+        yaml.safe_dump(clean, f, sort_keys=False)
+
+
+def resolve_file(name, search_dirs=("models", "data", "data/hyps")):
+    """Find `name` as given, or inside the repository's own folders (yolov5s.yaml -> models/yolov5s.yaml)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    for d in search_dirs:
+        candidate = ROOT / d / p.name
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"'{name}' not found (looked in ., {', '.join(search_dirs)})")
+
+
+def newest_last_checkpoint(search_dir="runs"):
+    """The most recently written `last.pt` under `search_dir` (for a bare `--resume`)."""
+    candidates = list(Path(search_dir).rglob("last.pt"))
+    return max(candidates, key=os.path.getmtime) if candidates else None
