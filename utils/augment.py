@@ -1,0 +1,262 @@
+"""Image + box augmentation as YOLOv5 does it: letterbox, mosaic, random perspective, HSV, flips, mixup.
+
+Images are HWC BGR uint8 (as cv2 reads them). Labels are `[n, 5]` = (class, box) where the box is
+pixel xyxy inside this module unless a name says `n` (normalised xywh). Every random draw comes
+from the `rng` argument (a `numpy.random.Generator`) so that a sample is reproducible from its seed.
+"""
+import math
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114  # grey used by YOLOv5 for letterbox borders and empty mosaic area
+
+
+# ---------------------------------------------------------------- box formats
+def xywhn2xyxy(x, w, h, padw=0.0, padh=0.0):
+    """Normalised xywh -> pixel xyxy, shifted by the padding."""
+    y = np.empty_like(x)
+    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
+    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
+    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
+    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
+    return y
+
+
+def xyxy2xywhn(x, w, h, clip=False, eps=0.0):
+    """Pixel xyxy -> normalised xywh; optionally clip to the image first (less eps, as YOLOv5)."""
+    x = x.copy()
+    if clip:
+        x[:, [0, 2]] = x[:, [0, 2]].clip(0, w - eps)
+        x[:, [1, 3]] = x[:, [1, 3]].clip(0, h - eps)
+    y = np.empty_like(x)
+    y[:, 0] = (x[:, 0] + x[:, 2]) / 2 / w
+    y[:, 1] = (x[:, 1] + x[:, 3]) / 2 / h
+    y[:, 2] = (x[:, 2] - x[:, 0]) / w
+    y[:, 3] = (x[:, 3] - x[:, 1]) / h
+    return y
+
+
+# ---------------------------------------------------------------- resizing
+def letterbox(im, new_shape=640, color=(PAD_VALUE,) * 3, auto=True, scale_fill=False, scaleup=True, stride=32):
+    """Resize keeping the aspect ratio and pad to `new_shape` (h, w). Returns (im, (rw, rh), (padw, padh))."""
+    shape = im.shape[:2]
+    if isinstance(new_shape, int):
+        new_shape = (new_shape, new_shape)
+    r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
+    if not scaleup:  # validation: never enlarge, it would only blur
+        r = min(r, 1.0)
+    ratio = r, r
+    new_unpad = int(round(shape[1] * r)), int(round(shape[0] * r))
+    dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
+    if auto:  # smallest padding that keeps both sides a multiple of the stride
+        dw, dh = np.mod(dw, stride), np.mod(dh, stride)
+    elif scale_fill:  # stretch, no padding
+        dw, dh = 0.0, 0.0
+        new_unpad = (new_shape[1], new_shape[0])
+        ratio = new_shape[1] / shape[1], new_shape[0] / shape[0]
+    dw, dh = dw / 2, dh / 2  # split the padding between both sides
+    if shape[::-1] != new_unpad:
+        im = cv2.resize(im, new_unpad, interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
+    return im, ratio, (float(dw), float(dh))
+
+
+# ---------------------------------------------------------------- colour
+def augment_hsv(im, rng, hgain=0.5, sgain=0.5, vgain=0.5):
+    """Random hue / saturation / value gains, in place (lookup tables keep it cheap)."""
+    if not (hgain or sgain or vgain):
+        return im
+    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(im, cv2.COLOR_BGR2HSV))
+    x = np.arange(0, 256, dtype=r.dtype)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV hue lives in 0..179
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    im_hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    cv2.cvtColor(im_hsv, cv2.COLOR_HSV2BGR, dst=im)
+    return im
+
+
+# ---------------------------------------------------------------- geometry
+def box_candidates(box1, box2, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16):
+    """Keep boxes (4, n) that stay wider/taller than wh_thr px, keep area_thr of their area and are not slivers."""
+    w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
+    w2, h2 = box2[2] - box2[0], box2[3] - box2[1]
+    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
+
+
+def _perspective_matrix(rng, height, width, src_shape, degrees, translate, scale, shear, perspective):
+    """Compose centre -> perspective -> rotate/scale -> shear -> translate; returns (M, scale)."""
+    C = np.eye(3)
+    C[0, 2], C[1, 2] = -src_shape[1] / 2, -src_shape[0] / 2  # move the origin to the image centre
+    P = np.eye(3)
+    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
+    R = np.eye(3)
+    angle = rng.uniform(-degrees, degrees)
+    s = rng.uniform(1 - scale, 1 + scale)
+    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=s)
+    S = np.eye(3)
+    S[0, 1], S[1, 0] = np.tan(rng.uniform(-shear, shear, 2) * math.pi / 180)
+    T = np.eye(3)
+    T[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    return T @ S @ R @ P @ C, s  # order matters: the right-most applies first
+
+
+def _clip_polygon(pts, width, height):
+    """Sutherland-Hodgman: clip a convex polygon (k, 2) to the image rectangle."""
+    for axis, limit, keep_below in ((0, 0, False), (0, width, True), (1, 0, False), (1, height, True)):
+        if not len(pts):
+            break
+        inside = pts[:, axis] <= limit if keep_below else pts[:, axis] >= limit
+        out = []
+        for i in range(len(pts)):
+            p, q = pts[i], pts[(i + 1) % len(pts)]
+            pin, qin = inside[i], inside[(i + 1) % len(pts)]
+            if pin:
+                out.append(p)
+            if pin != qin:  # the edge crosses the clip line: add the crossing point
+                t = (limit - p[axis]) / (q[axis] - p[axis])
+                out.append(p + t * (q - p))
+        pts = np.array(out).reshape(-1, 2)
+    return pts
+
+
+def transform_boxes(boxes, M, perspective, width, height):
+    """Map xyxy boxes (n, 4) through M; each new box encloses the warped box clipped to the image.
+
+    Clipping the warped quadrilateral (not just its enclosing box) keeps boxes of rotated objects
+    cut by the image border tight around the part that is still visible.
+    """
+    n = len(boxes)
+    xy = np.ones((n * 4, 3))
+    xy[:, :2] = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)  # corners in polygon order
+    xy = xy @ M.T
+    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 4, 2)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1)
+    axis_aligned = M[0, 1] == 0 and M[1, 0] == 0 and M[2, 0] == 0 and M[2, 1] == 0
+    outside = (new[:, 0] < 0) | (new[:, 1] < 0) | (new[:, 2] > width) | (new[:, 3] > height)
+    if not axis_aligned:  # a clipped rectangle is still a rectangle; a clipped rotated one is not
+        for i in np.nonzero(outside)[0]:
+            poly = _clip_polygon(xy[i], width, height)
+            new[i] = np.concatenate((poly.min(0), poly.max(0))) if len(poly) else 0
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    return new
+
+
+def random_perspective(im, labels, rng, degrees=10, translate=0.1, scale=0.1, shear=10, perspective=0.0,
+                       border=(0, 0)):
+    """Random affine / perspective warp of image and pixel-xyxy labels; drops boxes that are mostly gone.
+
+    `border` (negative for mosaic) crops the output: a 2s x 2s mosaic comes out s x s.
+    """
+    height = im.shape[0] + border[0] * 2
+    width = im.shape[1] + border[1] * 2
+    M, s = _perspective_matrix(rng, height, width, im.shape, degrees, translate, scale, shear, perspective)
+    if border[0] or border[1] or (M != np.eye(3)).any():
+        if perspective:
+            im = cv2.warpPerspective(im, M, dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
+        else:  # affine is cheaper and exact when there is no perspective term
+            im = cv2.warpAffine(im, M[:2], dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
+    if len(labels):
+        new = transform_boxes(labels[:, 1:5], M, perspective, width, height)
+        keep = box_candidates(labels[:, 1:5].T * s, new.T, area_thr=0.10)
+        labels = labels[keep]
+        labels[:, 1:5] = new[keep]
+    return im, labels
+
+
+# ---------------------------------------------------------------- multi-image
+def _mosaic_slots(i, xc, yc, w, h, s):
+    """Where tile i (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) goes: (dst box, src box)."""
+    if i == 0:
+        a = max(xc - w, 0), max(yc - h, 0), xc, yc
+        b = w - (a[2] - a[0]), h - (a[3] - a[1]), w, h
+    elif i == 1:
+        a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
+        b = 0, h - (a[3] - a[1]), min(w, a[2] - a[0]), h
+    elif i == 2:
+        a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
+        b = w - (a[2] - a[0]), 0, w, min(a[3] - a[1], h)
+    else:
+        a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
+        b = 0, 0, min(w, a[2] - a[0]), min(a[3] - a[1], h)
+    return a, b
+
+
+def mosaic4(samples, s, rng):
+    """Tile 4 (image, labels normalised xywh) around a random centre of a 2s x 2s canvas.
+
+    Returns the canvas and pixel-xyxy labels clipped to it; random_perspective with border -s//2
+    then crops it back to s x s.
+    """
+    border = -s // 2
+    yc, xc = (int(rng.uniform(-border, 2 * s + border)) for _ in range(2))
+    img4 = np.full((s * 2, s * 2, samples[0][0].shape[2]), PAD_VALUE, dtype=np.uint8)
+    labels4 = []
+    for i, (im, labels) in enumerate(samples):
+        h, w = im.shape[:2]
+        (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_slots(i, xc, yc, w, h, s)
+        img4[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
+        lb = labels.copy()
+        if len(lb):
+            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, x1a - x1b, y1a - y1b)
+        labels4.append(lb)
+    labels4 = np.concatenate(labels4, 0) if labels4 else np.zeros((0, 5), np.float32)
+    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+    return img4, labels4
+
+
+def box_ioa(box, boxes, eps=1e-7):
+    """Intersection of `box` (4,) with each of `boxes` (n, 4), over the area of each of `boxes`."""
+    iw = (np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])).clip(0)
+    ih = (np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])).clip(0)
+    return iw * ih / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + eps)
+
+
+def copy_paste_boxes(im, labels, rng, p=0.5):
+    """Box-level copy-paste: paste a left-right mirrored copy of an object at its mirrored position.
+
+    YOLOv5 does this with segment masks; with box labels only the whole box is copied. A copy is
+    kept only where it covers under 30% of every existing box, as YOLOv5 requires.
+    """
+    n = len(labels)
+    if not (p and n):
+        return im, labels
+    w = im.shape[1]
+    src = im.copy()
+    for j in rng.permutation(n)[: round(p * n)]:
+        c, x1, y1, x2, y2 = labels[j]
+        xa, ya, xb, yb = (int(round(v)) for v in (x1, y1, x2, y2))
+        if xb - xa < 2 or yb - ya < 2:
+            continue
+        box = np.array([w - xb, ya, w - xa, yb], np.float32)
+        if (box_ioa(box, labels[:, 1:5]) < 0.30).all():
+            im[ya:yb, w - xb:w - xa] = src[ya:yb, xa:xb][:, ::-1]
+            labels = np.concatenate((labels, np.array([[c, *box]], labels.dtype)), 0)
+    return im, labels
+
+
+def mixup(im, labels, im2, labels2, rng):
+    """Blend two training samples (ratio ~ Beta(32, 32), i.e. close to half-half) and keep both label sets."""
+    r = rng.beta(32.0, 32.0)
+    im = (im * r + im2 * (1 - r)).astype(np.uint8)
+    return im, np.concatenate((labels, labels2), 0)
+
+
+def random_flips(im, labels_n, rng, flipud=0.0, fliplr=0.5):
+    """Up-down / left-right flips of an image and its normalised-xywh labels."""
+    if rng.random() < flipud:
+        im = np.flipud(im)
+        if len(labels_n):
+            labels_n[:, 2] = 1 - labels_n[:, 2]
+    if rng.random() < fliplr:
+        im = np.fliplr(im)
+        if len(labels_n):
+            labels_n[:, 1] = 1 - labels_n[:, 1]
+    return im, labels_n

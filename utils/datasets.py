@@ -1,0 +1,465 @@
+"""Dataset YAML checking, the detection Dataset and its DataLoader (YOLOv5 semantics).
+
+Batches are `(imgs uint8 [B,3,H,W] RGB, targets [n,6] (img_idx, cls, xc, yc, w, h), paths, shapes)`.
+Augmentation randomness comes from a generator seeded by (seed, epoch, image index): the same seed
+gives the same batches whatever the number of workers. The sampler hands the epoch and the mosaic
+switch to the workers inside each sample key, so both work with persistent workers.
+"""
+import hashlib
+import logging
+import math
+import os
+import random
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from utils.augment import (augment_hsv, copy_paste_boxes, letterbox, mixup, mosaic4, random_flips,
+                           random_perspective, xywhn2xyxy, xyxy2xywhn)
+from utils.label_cache import (NUM_THREADS, DatasetError, img2label_paths, list_image_files, report,
+                               scan_with_cache, summarize, user_cache_dir, writable_dir)
+
+LOGGER = logging.getLogger('yolov5')
+ROOT = Path(__file__).resolve().parents[1]
+PIN_MEMORY = torch.cuda.is_available()  # pinning needs an accelerator; on CPU it only warns
+MAX_LOAD_RETRIES = 10
+
+
+# ================================================================ dataset YAML
+def _read_data_yaml(data):
+    """(dict, folder that relative paths start from) for a YAML path or an already-loaded dict."""
+    if isinstance(data, dict):
+        d = dict(data)
+        base = Path(d['yaml_file']).parent if d.get('yaml_file') else Path.cwd()
+        return d, base
+    p = Path(data)
+    if not p.is_file() and not p.is_absolute() and (ROOT / 'data' / p).is_file():
+        p = ROOT / 'data' / p  # `--data coco128.yaml` finds the bundled YAML, as in YOLOv5
+    if not p.is_file():
+        raise FileNotFoundError(f'Dataset YAML {data} not found')
+    try:
+        d = yaml.safe_load(p.read_text(encoding='utf-8'))
+    except yaml.YAMLError as e:
+        raise DatasetError(f'{p} is not valid YAML: {e}') from None
+    if not isinstance(d, dict):
+        raise DatasetError(f'{p} must be a mapping with path/train/val/nc/names keys')
+    d['yaml_file'] = str(p.resolve())
+    return d, p.resolve().parent
+
+
+def _normalize_names(d, where):
+    """nc and names as (int, list of str); `names` may be a list or a {index: name} dict."""
+    names, nc = d.get('names'), d.get('nc')
+    if names is None:
+        if nc is None:
+            raise DatasetError(f'{where}: needs `names` (or at least `nc`)')
+        names = [f'class{i}' for i in range(int(nc))]
+    elif isinstance(names, dict):
+        try:
+            keyed = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise DatasetError(f'{where}: `names` keys must be class indices 0..nc-1') from None
+        if sorted(keyed) != list(range(len(keyed))):
+            raise DatasetError(f'{where}: `names` keys must be 0..{len(keyed) - 1} without gaps, got {sorted(keyed)}')
+        names = [keyed[i] for i in range(len(keyed))]
+    elif isinstance(names, (list, tuple)):
+        names = [str(n) for n in names]
+    else:
+        raise DatasetError(f'{where}: `names` must be a list or a dict, got {type(names).__name__}')
+    if nc is not None and int(nc) != len(names):
+        raise DatasetError(f'{where}: nc={nc} but {len(names)} names are given')
+    if not names:
+        raise DatasetError(f'{where}: no classes (empty `names`)')
+    return len(names), names
+
+
+def _resolve_split(value, root):
+    """Absolute path(s) for a split entry: a string or a list of strings relative to `root`."""
+    def one(v):
+        p = Path(str(v)).expanduser()
+        return str(p if p.is_absolute() else (root / p).resolve())
+    return [one(v) for v in value] if isinstance(value, (list, tuple)) else one(value)
+
+
+def _as_list(value):
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _missing_message(d, missing):
+    """Say what is missing and where to get it; a `download:` entry is only ever quoted, never run."""
+    lines = [f"Dataset not found: {', '.join(dict.fromkeys(missing))} missing (dataset root {d['path']})."]
+    dl = d.get('download')
+    if dl:
+        shown = '\n'.join('    ' + ln for ln in str(dl).strip().splitlines()[:20])
+        lines += ["This project never downloads data or runs the YAML's `download:` entry. It says:", shown,
+                  f"Fetch the data yourself and unpack it so that the paths above exist under {d['path']}."]
+    else:
+        lines.append(f"Check `path`, `train` and `val` in {d.get('yaml_file', 'the dataset dict')}.")
+    return '\n'.join(lines)
+
+
+def check_dataset(data):
+    """Read and validate a dataset YAML (path or dict); return it with absolute paths and names as a list.
+
+    Keys returned: path, train, val, test (None when absent), nc, names, plus the YAML's other keys.
+    A plain-data `synthetic:` mapping generates the embedded dataset on first use.
+    """
+    d, base = _read_data_yaml(data)
+    where = d.get('yaml_file', 'dataset dict')
+    for k in ('train', 'val'):
+        if not d.get(k):
+            raise DatasetError(f'{where}: `{k}` is required')
+    d['nc'], d['names'] = _normalize_names(d, where)
+    root = Path(str(d.get('path') or base)).expanduser()
+    d['path'] = str(root if root.is_absolute() else (base / root).resolve())
+    for k in ('train', 'val', 'test'):
+        d[k] = _resolve_split(d[k], Path(d['path'])) if d.get(k) else None
+    if isinstance(d.get('synthetic'), dict):
+        from utils.synthetic import ensure_synthetic  # only needed for the embedded dataset
+        ensure_synthetic(d['path'], names=d['names'], **d['synthetic'])
+    missing = [p for k in ('train', 'val') for p in _as_list(d[k]) if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(_missing_message(d, missing))
+    for p in _as_list(d['test']):
+        if not Path(p).exists():
+            LOGGER.warning(f'WARNING: test split {p} not found; only train/val are usable')
+    return d
+
+
+# ================================================================ dataset
+def default_hyp():
+    """YOLOv5's default training hyperparameters (hyp.scratch-low.yaml), used when augment has no hyp."""
+    return yaml.safe_load((ROOT / 'data' / 'hyps' / 'hyp.scratch-low.yaml').read_text())
+
+
+class ImageLoadError(OSError):
+    """An image that passed the scan could not be decoded at training time."""
+
+    def __init__(self, msg, index):
+        super().__init__(msg)
+        self.index = index
+
+
+def _npy_path(im_file):
+    """Where `--cache disk` keeps a decoded image: beside it, or in the user cache when read-only."""
+    p = Path(im_file)
+    if writable_dir(p.parent):
+        return p.with_suffix('.npy')
+    return user_cache_dir() / 'npy' / (hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:24] + '.npy')
+
+
+def _available_memory():
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class LoadImagesAndLabels(Dataset):
+    """Images + YOLO labels, verified and cached, with YOLOv5 training augmentation."""
+
+    def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
+                 image_weights=False, cache_images=None, single_cls=False, stride=32, pad=0.0,
+                 prefix='', seed=0, nc=None):
+        self.img_size, self.augment = img_size, augment
+        self.hyp = dict(hyp if hyp is not None else default_hyp() if augment else {})
+        self.image_weights = image_weights
+        self.rect = False if image_weights else rect
+        self.mosaic = self.augment and not self.rect  # mosaic makes square images; rect keeps shapes
+        self.stride, self.seed, self.prefix, self.path = stride, seed, prefix, path
+        self.sample_weights = None  # set by the trainer for --image-weights (read by the sampler)
+        self._bad = set()
+        self._load_labels(path, nc, single_cls)
+        self.indices = np.arange(self.n)
+        self.batch = np.floor(np.arange(self.n) / batch_size).astype(int)
+        self.batch_shapes = None
+        if self.rect:
+            self._sort_for_rect(batch_size, pad)
+        self.ims, self.im_hw0, self.im_hw = [None] * self.n, [None] * self.n, [None] * self.n
+        self.npy_files = [None] * self.n
+        if cache_images:
+            self.cache_images('ram' if cache_images is True else cache_images)
+
+    # ------------------------------------------------------------ labels
+    def _load_labels(self, path, nc, single_cls):
+        im_files = list_image_files(path)
+        label_files = img2label_paths(im_files)
+        p = Path(path) if isinstance(path, (str, Path)) else None
+        cache_path = p.with_suffix('.cache') if p is not None and p.is_file() else \
+            Path(label_files[0]).parent.with_suffix('.cache')
+        records, self.from_cache, self.cache_path = scan_with_cache(im_files, label_files, cache_path, nc)
+        self.scan = summarize(records)
+        report(self.scan, path, self.prefix, self.from_cache)
+        kept = [r for r in records if r.status != 'corrupt']
+        if not kept:
+            raise DatasetError(f'{self.prefix}No usable images in {path}: all {len(records)} are corrupt or '
+                               f'unreadable (see the warnings above)')
+        if self.augment and not any(len(r.labels) for r in kept):
+            raise DatasetError(f'{self.prefix}No labels left in {path} after filtering ({self.scan["missing"]} '
+                               f'missing, {self.scan["empty"]} empty label files): cannot train')
+        self.im_files = [r.im_file for r in kept]
+        self.label_files = img2label_paths(self.im_files)
+        self.labels = [r.labels.copy() for r in kept]
+        self.shapes = np.array([r.shape for r in kept], np.float64).reshape(-1, 2)  # (w, h)
+        if single_cls:
+            for lb in self.labels:
+                lb[:, 0] = 0
+        self.n = len(kept)
+
+    def _sort_for_rect(self, batch_size, pad):
+        """Sort by aspect ratio and give each batch the smallest stride-multiple shape that fits it."""
+        ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
+        order = ar.argsort(kind='stable')
+        self.im_files = [self.im_files[i] for i in order]
+        self.label_files = [self.label_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, ar = self.shapes[order], ar[order]
+        nb = self.batch[-1] + 1
+        shapes = [[1, 1]] * nb
+        for i in range(nb):
+            ari = ar[self.batch == i]
+            mini, maxi = ari.min(), ari.max()
+            if maxi < 1:
+                shapes[i] = [maxi, 1]
+            elif mini > 1:
+                shapes[i] = [1, 1 / mini]
+        self.batch_shapes = np.ceil(np.array(shapes) * self.img_size / self.stride + pad).astype(int) * self.stride
+
+    # ------------------------------------------------------------ images
+    def _read_image(self, i):
+        f = self.im_files[i]
+        npy = self.npy_files[i]
+        if npy is not None and npy.exists():
+            return np.load(npy)
+        im = cv2.imread(f, cv2.IMREAD_COLOR)  # grey / 1-channel PNG comes back as 3 channels
+        if im is None:
+            raise ImageLoadError(f'cannot decode {f}', i)
+        return im
+
+    def load_image(self, i):
+        """(image resized so its long side is img_size, (h0, w0), (h, w)), from the RAM cache when there."""
+        if self.ims[i] is not None:
+            return self.ims[i], self.im_hw0[i], self.im_hw[i]
+        im = self._read_image(i)
+        h0, w0 = im.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            # INTER_AREA keeps small objects when shrinking for validation; training is not that sensitive
+            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        return im, (h0, w0), im.shape[:2]
+
+    def cache_images(self, mode):
+        """Decode all images once: 'ram' keeps the resized images, 'disk' writes decoded .npy files."""
+        if mode not in ('ram', 'disk'):
+            raise ValueError(f"cache must be 'ram', 'disk' or None, got {mode!r}")
+        if mode == 'ram' and not self._ram_cache_fits():
+            return
+        fn = self._cache_one_to_disk if mode == 'disk' else self._cache_one_to_ram
+        with ThreadPool(NUM_THREADS) as pool:
+            ok = sum(pool.map(fn, range(self.n)))
+        LOGGER.info(f'{self.prefix}Cached {ok}/{self.n} images ({mode})')
+
+    def _cache_one_to_ram(self, i):
+        try:
+            self.ims[i], self.im_hw0[i], self.im_hw[i] = self.load_image(i)
+            return True
+        except ImageLoadError:
+            return False  # reported and replaced when the sample is requested
+
+    def _cache_one_to_disk(self, i):
+        npy = _npy_path(self.im_files[i])
+        try:
+            stale = not npy.exists() or npy.stat().st_mtime < os.stat(self.im_files[i]).st_mtime
+            if stale:
+                im = self._read_image(i)
+                npy.parent.mkdir(parents=True, exist_ok=True)
+                np.save(npy, im)
+            self.npy_files[i] = npy
+            return True
+        except (ImageLoadError, OSError):
+            return False
+
+    def _ram_cache_fits(self):
+        sample = [self.load_image(i)[0].nbytes for i in range(0, self.n, max(1, self.n // 30))]
+        need = np.mean(sample) * self.n * 1.1
+        avail = _available_memory()
+        if avail is not None and need > 0.9 * avail:
+            LOGGER.warning(f'{self.prefix}WARNING: --cache ram needs {need / 1e9:.1f} GB, only '
+                           f'{avail / 1e9:.1f} GB free; not caching')
+            return False
+        return True
+
+    # ------------------------------------------------------------ samples
+    def __len__(self):
+        return self.n
+
+    def close_mosaic(self):
+        """Switch mosaic off (e.g. for the final epochs); the sampler passes it on to the workers."""
+        self.mosaic = False
+
+    def _decode_key(self, key):
+        if isinstance(key, (tuple, list)):
+            index, epoch, mosaic = key
+            return int(index), int(epoch), bool(mosaic)
+        return int(key), 0, self.mosaic
+
+    def __getitem__(self, key):
+        index, epoch, use_mosaic = self._decode_key(key)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        for _ in range(MAX_LOAD_RETRIES):
+            if index in self._bad:
+                index = (index + 1) % self.n  # deterministic replacement keeps the epoch going
+                continue
+            try:
+                return self._get_sample(index, rng, use_mosaic)
+            except ImageLoadError as e:
+                self._bad.add(e.index)  # may be a mosaic partner rather than `index` itself
+                LOGGER.warning(f'{self.prefix}WARNING: {e}; using another image instead')
+        raise DatasetError(f'{self.prefix}{MAX_LOAD_RETRIES} images in a row failed to load near index {index}')
+
+    def _random_index(self, rng):
+        for _ in range(MAX_LOAD_RETRIES):
+            i = int(rng.integers(self.n))
+            if i not in self._bad:
+                return i
+        return i
+
+    def _get_sample(self, index, rng, use_mosaic):
+        hyp = self.hyp
+        shapes = None
+        if use_mosaic and rng.random() < hyp.get('mosaic', 1.0):
+            img, labels = self.load_mosaic(index, rng)
+            if rng.random() < hyp.get('mixup', 0.0):
+                img, labels = mixup(img, labels, *self.load_mosaic(self._random_index(rng), rng), rng)
+        else:
+            img, labels, shapes = self._load_letterboxed(index)
+            if self.augment:
+                img, labels = random_perspective(img, labels, rng, degrees=hyp.get('degrees', 0.0),
+                                                 translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
+                                                 shear=hyp.get('shear', 0.0),
+                                                 perspective=hyp.get('perspective', 0.0))
+        if len(labels):
+            labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
+        if self.augment:
+            augment_hsv(img, rng, hgain=hyp.get('hsv_h', 0.0), sgain=hyp.get('hsv_s', 0.0),
+                        vgain=hyp.get('hsv_v', 0.0))
+            img, labels = random_flips(img, labels, rng, flipud=hyp.get('flipud', 0.0),
+                                       fliplr=hyp.get('fliplr', 0.0))
+        labels_out = torch.zeros((len(labels), 6))
+        if len(labels):
+            labels_out[:, 1:] = torch.from_numpy(np.asarray(labels, np.float32))
+        img = np.ascontiguousarray(img.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
+        return torch.from_numpy(img), labels_out, self.im_files[index], shapes
+
+    def _load_letterboxed(self, index):
+        """One image letterboxed to img_size (or its rect batch shape) with pixel-xyxy labels and val shapes."""
+        img, (h0, w0), (h, w) = self.load_image(index)
+        shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+        if img is self.ims[index]:
+            img = img.copy()  # never let in-place augmentation touch the RAM cache
+        shapes = (h0, w0), ((h / h0, w / w0), pad)  # what val needs to map boxes back to the original
+        labels = self.labels[index].copy()
+        if len(labels):
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
+        return img, labels, shapes
+
+    def load_mosaic(self, index, rng):
+        """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective."""
+        hyp, s = self.hyp, self.img_size
+        indices = rng.permutation([index] + [self._random_index(rng) for _ in range(3)])
+        samples = [(self.load_image(int(i))[0], self.labels[int(i)]) for i in indices]
+        img4, labels4 = mosaic4(samples, s, rng)
+        img4, labels4 = copy_paste_boxes(img4, labels4, rng, p=hyp.get('copy_paste', 0.0))
+        return random_perspective(img4, labels4, rng, degrees=hyp.get('degrees', 0.0),
+                                  translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
+                                  shear=hyp.get('shear', 0.0), perspective=hyp.get('perspective', 0.0),
+                                  border=(-s // 2, -s // 2))
+
+
+# ================================================================ loader
+def collate_fn(batch):
+    """Stack images; concatenate targets with column 0 set to the image's index in the batch."""
+    im, label, path, shapes = zip(*batch)
+    for i, lb in enumerate(label):
+        lb[:, 0] = i
+    return torch.stack(im, 0), torch.cat(label, 0), path, shapes
+
+
+def _sample_keys(indices, epoch, mosaic):
+    return [(int(i), epoch, mosaic) for i in indices]
+
+
+class KeySampler(Sampler):
+    """Yields (index, epoch, mosaic) keys; shuffles with a generator seeded by (seed, epoch)."""
+
+    def __init__(self, dataset, shuffle=False, seed=0):
+        self.dataset, self.shuffle, self.seed, self.epoch = dataset, shuffle, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        epoch, n = self.epoch, len(self.dataset)
+        self.epoch += 1  # the next pass is the next epoch unless set_epoch says otherwise
+        g = np.random.default_rng([self.seed, epoch, 0x5eed])
+        w = self.dataset.sample_weights
+        if w is not None:  # --image-weights: draw with replacement by weight
+            w = np.asarray(w, np.float64)
+            idx = g.choice(n, n, p=w / w.sum())
+        else:
+            idx = g.permutation(n) if self.shuffle else np.arange(n)
+        return iter(_sample_keys(idx, epoch, self.dataset.mosaic))
+
+
+class DistributedKeySampler(DistributedSampler):
+    """DistributedSampler (same sharding and set_epoch) that yields (index, epoch, mosaic) keys."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        idx = list(super().__iter__())
+        self.epoch += 1
+        return iter(_sample_keys(idx, epoch, self.dataset.mosaic))
+
+
+def seed_worker(worker_id):
+    """Seed the global RNGs of a worker from its torch seed (base seed + worker id)."""
+    s = torch.initial_seed() % 2 ** 32
+    np.random.seed(s)
+    random.seed(s)
+    cv2.setNumThreads(0)  # workers are the parallelism; OpenCV threads would oversubscribe the CPU
+
+
+def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, cache=None, rect=False,
+                      rank=-1, workers=8, pad=0.0, shuffle=False, seed=0, single_cls=False, prefix='',
+                      image_weights=False, nc=None):
+    """Build the dataset and its loader -> (loader, dataset). `nc` enables the class-id check."""
+    if rect and shuffle:
+        LOGGER.warning(f'{prefix}WARNING: --rect is incompatible with shuffling; shuffle=False')
+        shuffle = False
+    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                  image_weights=image_weights, cache_images=cache, single_cls=single_cls,
+                                  stride=int(stride), pad=pad, prefix=prefix, seed=seed, nc=nc)
+    batch_size = min(batch_size, len(dataset))
+    nd = max(torch.cuda.device_count(), 1)
+    nw = min((os.cpu_count() or 1) // nd, batch_size if batch_size > 1 else 0, workers)
+    if rank == -1:
+        sampler = KeySampler(dataset, shuffle=shuffle, seed=seed)
+    else:
+        sampler = DistributedKeySampler(dataset, shuffle=shuffle, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
+                        pin_memory=PIN_MEMORY, collate_fn=collate_fn, worker_init_fn=seed_worker,
+                        generator=generator, persistent_workers=nw > 0)
+    return loader, dataset
