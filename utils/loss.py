@@ -1,0 +1,144 @@
+"""YOLOv5 (v6/v7) detection loss: target assignment, CIoU box loss, objectness and class BCE."""
+import torch
+import torch.nn as nn
+
+from utils.boxes import bbox_iou
+from utils.torch_utils import de_parallel
+
+LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}  # objectness weight per level P3-P5: small-object levels count more
+LEVEL_BALANCE_OTHER = [4.0, 1.0, 0.25, 0.06, 0.02]  # P3-P7 models
+REQUIRED_HYP = ("box", "obj", "cls", "cls_pw", "obj_pw", "anchor_t")
+
+# A target is also given to the two neighbouring cells nearest its centre (offset g = 0.5 cell):
+# more positives per target, and the (2 * sigmoid - 0.5) xy parametrisation can reach them.
+NEIGHBOUR_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+
+
+def smooth_bce(eps=0.0):
+    """Positive and negative BCE targets with label smoothing eps."""
+    return 1.0 - 0.5 * eps, 0.5 * eps
+
+
+class FocalLoss(nn.Module):
+    """Wraps a BCEWithLogitsLoss (keeping its pos_weight) with the focal modulation (1 - p_t)^gamma."""
+
+    def __init__(self, loss_fcn, gamma=1.5, alpha=0.25):
+        super().__init__()
+        self.loss_fcn = loss_fcn
+        self.gamma, self.alpha = gamma, alpha
+        self.reduction = loss_fcn.reduction
+        self.loss_fcn.reduction = "none"  # modulate element by element, reduce afterwards
+
+    def forward(self, pred, true):
+        loss = self.loss_fcn(pred, true)
+        prob = pred.sigmoid()
+        p_t = true * prob + (1 - true) * (1 - prob)
+        alpha_factor = true * self.alpha + (1 - true) * (1 - self.alpha)
+        loss = loss * alpha_factor * (1.0 - p_t) ** self.gamma
+        if self.reduction == "mean":
+            return loss.mean()
+        return loss.sum() if self.reduction == "sum" else loss
+
+
+class ComputeLoss:
+    """YOLOv5's loss for a model whose last layer is Detect.
+
+    Reads `model.hyp`: box, obj, cls (gains), cls_pw, obj_pw (BCE pos_weight), anchor_t (max
+    target/anchor side ratio), fl_gamma (focal loss when > 0), label_smoothing.
+    The gains are used as given. YOLOv5's trainer rescales them before building the loss, and so
+    must ours: box *= 3 / nl, cls *= nc / 80 * 3 / nl, obj *= (imgsz / 640) ** 2 * 3 / nl.
+    Call: `loss(preds, targets)` with preds the train-mode list of [B, na, ny, nx, 5 + nc] logits
+    and targets [n, 6] (image, class, xc, yc, w, h normalised) -> (total * B, [box, obj, cls]).
+    """
+
+    def __init__(self, model):
+        model = de_parallel(model)
+        hyp = getattr(model, "hyp", None)
+        if not isinstance(hyp, dict):
+            raise ValueError("ComputeLoss needs model.hyp (a dict of hyperparameters) set before it is built")
+        missing = [k for k in REQUIRED_HYP if k not in hyp]
+        if missing:
+            raise KeyError(f"model.hyp lacks {missing}")
+        det = model.model[-1]
+        device = next(model.parameters()).device
+        self.hyp = hyp
+        self.na, self.nc, self.nl = det.na, det.nc, det.nl
+        self.anchors = det.anchors  # [nl, na, 2] in stride units; a buffer, so it follows the model
+        self.device = device
+        self.balance = LEVEL_BALANCE.get(self.nl, LEVEL_BALANCE_OTHER)
+        self.cp, self.cn = smooth_bce(hyp.get("label_smoothing", 0.0))
+        self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["cls_pw"]], device=device))
+        self.bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["obj_pw"]], device=device))
+        gamma = hyp.get("fl_gamma", 0.0)
+        if gamma > 0:
+            self.bce_cls, self.bce_obj = FocalLoss(self.bce_cls, gamma), FocalLoss(self.bce_obj, gamma)
+
+    def __call__(self, preds, targets):
+        if len(preds) != self.nl:
+            raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
+        targets = targets.to(self.device)
+        lbox = torch.zeros(1, device=self.device)
+        lobj = torch.zeros(1, device=self.device)
+        lcls = torch.zeros(1, device=self.device)
+        tcls, tbox, indices, anchors = self.build_targets(preds, targets)
+        for i, pi in enumerate(preds):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=self.device)
+            if b.shape[0]:
+                pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+                pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)
+                iou = bbox_iou(pbox, tbox[i], CIoU=True).squeeze(-1)
+                lbox += (1.0 - iou).mean()
+                # objectness learns how well its box fits; no gradient back into the box through it
+                tobj[b, a, gj, gi] = iou.detach().clamp(0).to(tobj.dtype)
+                if self.nc > 1:  # a single class needs no class score beyond objectness
+                    t = torch.full_like(pcls, self.cn)
+                    t[torch.arange(b.shape[0], device=self.device), tcls[i]] = self.cp
+                    lcls += self.bce_cls(pcls, t)
+            lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+        lbox *= self.hyp["box"]
+        lobj *= self.hyp["obj"]
+        lcls *= self.hyp["cls"]
+        bs = preds[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def build_targets(self, preds, targets):
+        """Assign each target to anchors (by shape ratio) and cells (its own + two neighbours) per level.
+
+        Returns per level: class ids, boxes (xy offset from the cell, wh) in grid units,
+        indices (image, anchor, gy, gx) and the matched anchors.
+        """
+        na, nt = self.na, targets.shape[0]
+        tcls, tbox, indices, anch = [], [], [], []
+        gain = torch.ones(7, device=self.device)
+        ai = torch.arange(na, device=self.device).float().view(na, 1).repeat(1, nt)
+        targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)  # [na, nt, 7]: + anchor index
+        g = 0.5
+        off = NEIGHBOUR_OFFSETS.to(self.device) * g
+        for i in range(self.nl):
+            anchors, shape = self.anchors[i], preds[i].shape
+            gain[2:6] = torch.tensor(shape, device=self.device)[[3, 2, 3, 2]].float()  # to grid units
+            t = targets * gain
+            if nt:
+                r = t[..., 4:6] / anchors[:, None]
+                keep = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
+                t = t[keep]
+                gxy = t[:, 2:4]
+                gxi = gain[[2, 3]] - gxy  # distance from the far edge
+                left, top = ((gxy % 1 < g) & (gxy > 1)).T
+                right, bottom = ((gxi % 1 < g) & (gxi > 1)).T
+                use = torch.stack((torch.ones_like(left), left, top, right, bottom))
+                t = t.repeat((5, 1, 1))[use]
+                offsets = (torch.zeros_like(gxy)[None] + off[:, None])[use]
+            else:
+                t = targets[0]
+                offsets = 0
+            bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
+            a, (b, c) = a.long().view(-1), bc.long().T
+            gij = (gxy - offsets).long()
+            gi, gj = gij.T
+            indices.append((b, a, gj.clamp(0, shape[2] - 1), gi.clamp(0, shape[3] - 1)))
+            tbox.append(torch.cat((gxy - gij, gwh), 1))
+            anch.append(anchors[a])
+            tcls.append(c)
+        return tcls, tbox, indices, anch
