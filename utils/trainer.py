@@ -1,0 +1,422 @@
+"""The training loop shared by train.py and train_distillation.py.
+
+Read `Trainer.train` top to bottom: build everything once (`_setup`), then per epoch
+loader -> model -> loss (+ optional extra loss) -> optimizer/EMA -> validation -> log -> checkpoint.
+Distillation plugs in through `extra_loss_factory` (see docs/ARCHITECTURE.md), not by copying this file.
+"""
+import math
+import random
+import time
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+import val as validator
+from models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from models.yolo import Model, model_summary
+from utils.autoanchor import check_anchors
+from utils.datasets import check_dataset, create_dataloader
+from utils.files import resolve_file, yaml_load, yaml_save
+from utils.logging import ResultsLogger, progress_header, progress_text
+from utils.loss import ComputeLoss
+from utils.metrics import fitness
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, de_parallel,
+                               init_seeds, lr_lambda, select_device, smart_optimizer,
+                               torch_distributed_zero_first)
+
+NOMINAL_BATCH = 64  # gradients are accumulated up to this batch size, as in YOLOv5
+CHECKPOINT_FORMAT = "yolov5-distill"
+
+
+def is_main_process():
+    return RANK in (-1, 0)
+
+
+class Trainer:
+    """Trains one YOLOv5 model from parsed train.py options (an argparse.Namespace).
+
+    `extra_loss_factory(model, data_dict, device, opt)` builds an optional extra loss term that is added
+    to the detection loss every batch (distillation); plain training passes None.
+    """
+
+    def __init__(self, opt, extra_loss_factory=None):
+        self.opt = opt
+        self.extra_loss_factory = extra_loss_factory
+        self.extra = None
+        self.save_dir = Path(opt.save_dir)
+        self.weights_dir = self.save_dir / "weights"
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self):
+        opt = self.opt
+        self.device = select_device(opt.device, batch_size=opt.batch_size)
+        self.cuda = self.device.type == "cuda"
+        init_seeds(opt.seed + 1 + max(RANK, 0), deterministic=True)
+        if is_main_process():
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+        self.resume_ckpt = load_checkpoint(opt.resume_path) if opt.resume_path else None
+        self.hyp = self._load_hyp()
+        self.hyp_as_given = deepcopy(self.hyp)  # saved for --resume; self.hyp gets scaled below
+        with torch_distributed_zero_first(LOCAL_RANK):
+            self.data = check_dataset(opt.data)
+        self.nc = 1 if opt.single_cls else int(self.data["nc"])
+        self.names = ["item"] if opt.single_cls and len(self.data["names"]) != 1 else self.data["names"]
+        if is_main_process():
+            yaml_save(self.save_dir / "hyp.yaml", self.hyp)
+            yaml_save(self.save_dir / "opt.yaml", vars(opt))
+
+        self.model = self._build_model()
+        if is_main_process():
+            model_summary(self.model, opt.imgsz, verbose=True)
+        self._freeze_layers()
+        self.gs = max(int(self.model.stride.max()), 32)
+        if opt.imgsz % self.gs:
+            raise ValueError(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}")
+        self.accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
+        self.hyp["weight_decay"] *= opt.batch_size * self.accumulate / NOMINAL_BATCH
+
+        self._build_loaders()
+        self._scale_hyp_for_model()
+        self.compute_loss = ComputeLoss(self.model)
+        if self.extra_loss_factory:  # before the optimizer: its trainable parts join it
+            self.extra = self.extra_loss_factory(self.model, self.data, self.device, opt)
+        extra_params = list(self.extra.parameters()) if self.extra is not None else []
+        self.optimizer = smart_optimizer(self.model, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"],
+                                         self.hyp["weight_decay"], extra_params)
+        self.lf = lr_lambda(opt.epochs, self.hyp["lrf"], cosine=opt.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.ema = ModelEMA(self.model) if is_main_process() else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.start_epoch, self.best_fitness, self.elapsed, self.last_opt_step = 0, 0.0, 0.0, -1
+        if self.resume_ckpt:
+            self._restore_training_state(self.resume_ckpt)
+        self._wrap_ddp()
+
+    def _load_hyp(self):
+        if self.resume_ckpt:  # a resumed run keeps the hyperparameters it started with
+            return dict(self.resume_ckpt["hyp"])
+        hyp = self.opt.hyp if isinstance(self.opt.hyp, dict) else yaml_load(resolve_file(self.opt.hyp))
+        hyp.setdefault("anchor_t", 4.0)
+        return dict(hyp)
+
+    def _build_model(self):
+        """From the resume checkpoint, a .pt (transfer learning), or a YAML config (from scratch)."""
+        opt = self.opt
+        if self.resume_ckpt:
+            model = Model(self.resume_ckpt["model_yaml"], nc=self.nc)
+            model.load_state_dict(self.resume_ckpt["train_model"])
+        elif opt.weights and str(opt.weights).endswith(".pt"):
+            pretrained, meta = load_model(opt.weights)
+            cfg = resolve_file(opt.cfg) if opt.cfg else pretrained.yaml
+            model = Model(cfg, nc=self.nc, anchors=self.hyp.get("anchors"))
+            model.load_state_dict(self._transferable(pretrained.state_dict(), model), strict=False)
+        else:
+            if not opt.cfg:
+                raise ValueError("give --cfg (a model YAML such as yolov5s.yaml) or --weights (a .pt file)")
+            model = Model(resolve_file(opt.cfg), nc=self.nc, anchors=self.hyp.get("anchors"))
+        model.names = list(self.names)
+        return model.to(self.device)
+
+    def _transferable(self, state, model):
+        """Pretrained tensors whose names and shapes match; anchors stay the new model's if overridden."""
+        own = model.state_dict()
+        skip_anchors = bool(self.opt.cfg or self.hyp.get("anchors"))
+        keep = {k: v for k, v in state.items()
+                if k in own and v.shape == own[k].shape and not (skip_anchors and "anchors" in k)}
+        print(f"Transferred {len(keep)}/{len(own)} items from {self.opt.weights}")
+        return keep
+
+    def _freeze_layers(self):
+        """--freeze 10 freezes layers 0-9 (the backbone); --freeze 0 3 freezes layers 0 and 3."""
+        freeze = self.opt.freeze or [0]
+        layers = list(range(freeze[0])) if len(freeze) == 1 else freeze
+        prefixes = tuple(f"model.{i}." for i in layers)
+        for name, p in self.model.named_parameters():
+            p.requires_grad = not name.startswith(prefixes)
+
+    def _build_loaders(self):
+        opt, hyp = self.opt, self.hyp
+        rank_batch = opt.batch_size // WORLD_SIZE
+        self.train_loader, self.dataset = create_dataloader(
+            self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
+            rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
+            single_cls=opt.single_cls, prefix="train: ", nc=self.nc)
+        max_label = max((int(l[:, 0].max()) for l in self.dataset.labels if len(l)), default=-1)
+        if max_label >= self.nc:
+            raise ValueError(f"label class {max_label} exceeds nc={self.nc} in {opt.data}; "
+                             f"valid classes are 0-{self.nc - 1}")
+        self.val_loader = None
+        if is_main_process():
+            self.val_loader, _ = create_dataloader(
+                self.data["val"], opt.imgsz, rank_batch * 2, self.gs, hyp=hyp, cache=opt.cache, rect=True,
+                rank=-1, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, prefix="val: ", nc=self.nc)
+            if not self.resume_ckpt:
+                if not opt.noautoanchor:
+                    check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=opt.imgsz, seed=opt.seed)
+                if not opt.noplots:
+                    self._plot_labels()
+        if RANK != -1:  # every rank must use the anchors rank 0 settled on
+            dist.broadcast(de_parallel(self.model).model[-1].anchors, src=0)
+
+    def _plot_labels(self):
+        from utils.plots import plot_labels
+        labels = np.concatenate([l for l in self.dataset.labels if len(l)] or [np.zeros((0, 5))], 0)
+        plot_labels(labels, self.names, self.save_dir)
+
+    def _scale_hyp_for_model(self):
+        """Loss gains are tuned for 3 levels, 80 classes and 640 px: rescale as YOLOv5 does."""
+        nl = de_parallel(self.model).model[-1].nl
+        self.hyp["box"] *= 3 / nl
+        self.hyp["cls"] *= self.nc / 80 * 3 / nl
+        self.hyp["obj"] *= (self.opt.imgsz / 640) ** 2 * 3 / nl
+        self.hyp["label_smoothing"] = self.opt.label_smoothing
+        self.model.nc, self.model.hyp = self.nc, self.hyp
+
+    def _restore_training_state(self, ckpt):
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["model"])
+            self.ema.updates = ckpt["ema_updates"]
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.extra is not None and ckpt.get("extra"):
+            self.extra.load_state_dict(ckpt["extra"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best_fitness = ckpt["best_fitness"]
+        self.elapsed = ckpt.get("elapsed_s", 0.0)
+        self.last_opt_step = ckpt.get("last_opt_step", -1)
+        self.scheduler.last_epoch = self.start_epoch - 1
+        if self.start_epoch >= self.opt.epochs:
+            raise ValueError(f"{self.opt.resume_path} already finished {self.opt.epochs} epochs; nothing to resume")
+        print(f"Resuming training from {self.opt.resume_path} at epoch {self.start_epoch}")
+
+    def _wrap_ddp(self):
+        if RANK == -1:
+            return
+        if self.opt.sync_bn and self.cuda:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ids = [LOCAL_RANK] if self.cuda else None
+        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=LOCAL_RANK if self.cuda else None)
+
+    # ------------------------------------------------------------------ loop
+    def train(self):
+        """Run all epochs; returns the final validation results (P, R, mAP50, mAP, val losses)."""
+        self._setup()
+        opt = self.opt
+        nb = len(self.train_loader)
+        self.warmup_iters = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] else 0
+        stopper = EarlyStopping(patience=opt.patience)
+        results = (0.0,) * 7
+        self.logger = ResultsLogger(self.save_dir, tensorboard=is_main_process()) if is_main_process() else None
+        if self.logger and self.resume_ckpt:
+            self.logger.truncate_after(self.start_epoch - 1)
+        if is_main_process():
+            print(f"Image sizes {opt.imgsz} train, {opt.imgsz} val; {opt.workers} dataloader workers; "
+                  f"logging to {self.save_dir}\nStarting training for {opt.epochs} epochs...")
+        for epoch in range(self.start_epoch, opt.epochs):
+            t0 = time.time()
+            train_items = self._train_one_epoch(epoch, nb)
+            lrs = [float(g["lr"]) for g in self.optimizer.param_groups[:3]]  # the LRs this epoch used
+            self.scheduler.step()
+            self.elapsed += time.time() - t0
+            stop = False
+            if is_main_process():
+                final = epoch + 1 == opt.epochs
+                if not opt.noval or final:
+                    results = self._validate()
+                fi = float(fitness(np.array(results).reshape(1, -1))[0])
+                stop = stopper(epoch, fi) or final
+                if fi > self.best_fitness:
+                    self.best_fitness = fi
+                self._log_epoch(epoch, train_items, results, lrs)
+                if not opt.nosave or final:
+                    self._save(epoch, fi)
+            if RANK != -1:  # all ranks stop together
+                flag = [stop]
+                dist.broadcast_object_list(flag, 0)
+                stop = flag[0]
+            if stop:
+                break
+        if is_main_process():
+            results = self._final_report(results)
+        return results
+
+    def _train_one_epoch(self, epoch, nb):
+        """One pass over the training set; returns the epoch's mean loss items by name."""
+        opt, model = self.opt, self.model
+        model.train()
+        # Re-seed per epoch so a resumed run draws exactly the augmentations the uninterrupted one did.
+        init_seeds(opt.seed + 1 + epoch * max(WORLD_SIZE, 1) + max(RANK, 0), deterministic=True)
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        elif hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)
+        if self.extra is not None and hasattr(self.extra, "on_epoch_start"):
+            self.extra.on_epoch_start(epoch, opt.epochs)
+        if hasattr(self.dataset, "close_mosaic") and opt.close_mosaic and epoch >= opt.epochs - opt.close_mosaic:
+            self.dataset.close_mosaic()
+        names = ["box_loss", "obj_loss", "cls_loss"]
+        sums, count = None, 0
+        pbar = enumerate(self.train_loader)
+        if is_main_process():
+            print(progress_header(names + self._extra_names()))
+            pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
+        self.optimizer.zero_grad()
+        pending = False
+        for i, (imgs, targets, _, _) in pbar:
+            ni = self.current_ni = i + nb * epoch
+            imgs = imgs.to(self.device, non_blocking=True).float() / 255
+            targets = targets.to(self.device)
+            self._warmup(ni, epoch)
+            if opt.multi_scale:
+                imgs = self._random_rescale(imgs)
+            items = self._train_step(imgs, targets)
+            pending = True
+            if self._accumulation_done(ni):
+                self._optimizer_step()
+                pending = False
+            sums = items if sums is None else sums + items
+            count += 1
+            if is_main_process():
+                mem = torch.cuda.memory_reserved() / 1e9 if self.cuda else 0.0
+                pbar.set_description(progress_text(epoch, opt.epochs, mem, (sums / count).tolist(),
+                                                   targets.shape[0], imgs.shape[-1]))
+        if pending:  # a complete state at every epoch end is what makes --resume exact
+            self._optimizer_step()
+        means = (sums / max(count, 1)).tolist() if sums is not None else []
+        return dict(zip(names + self._extra_names(), means))
+
+    def _extra_names(self):
+        return list(getattr(self, "_extra_item_names", []))
+
+    def _train_step(self, imgs, targets):
+        """Forward, loss (detection + extra) and backward for one batch; returns detached loss items."""
+        feature_layers = getattr(self.extra, "feature_layers", None) or None
+        with torch.autocast(self.device.type, enabled=self.cuda and self.opt.amp):
+            if feature_layers:
+                preds, features = self.model(imgs, feature_layers=feature_layers)
+            else:
+                preds, features = self.model(imgs), None
+            loss, items = self.compute_loss(preds, targets)
+            if self.extra is not None:
+                extra_loss, extra_items = self.extra(imgs, targets, preds, features)
+                loss = loss + extra_loss * imgs.shape[0]  # same per-image units as the detection terms
+                self._extra_item_names = list(extra_items)
+                items = torch.cat([items, torch.stack([v.detach().float().reshape(()) for v in extra_items.values()])])
+        if RANK != -1:
+            loss = loss * WORLD_SIZE  # DDP averages gradients across ranks; YOLOv5 sums them
+        self.scaler.scale(loss).backward()
+        return items.detach().cpu()
+
+    def _warmup(self, ni, epoch):
+        """Ramp LR (biases down from warmup_bias_lr), momentum and accumulation over the first iterations."""
+        if ni > self.warmup_iters or not self.warmup_iters:
+            self.cur_accumulate = self.accumulate
+            return
+        xi = [0, self.warmup_iters]
+        self.cur_accumulate = max(1, int(np.interp(ni, xi, [1, NOMINAL_BATCH / self.opt.batch_size]).round()))
+        for j, group in enumerate(self.optimizer.param_groups):
+            start = self.hyp["warmup_bias_lr"] if j == 0 else 0.0
+            group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * self.lf(epoch)]))
+            if "momentum" in group:
+                group["momentum"] = float(np.interp(ni, xi, [self.hyp["warmup_momentum"], self.hyp["momentum"]]))
+
+    def _accumulation_done(self, ni):
+        return ni - self.last_opt_step >= self.cur_accumulate
+
+    def _optimizer_step(self):
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.last_opt_step = self.current_ni
+
+    def _random_rescale(self, imgs):
+        size = random.randrange(int(self.opt.imgsz * 0.5), int(self.opt.imgsz * 1.5) + self.gs) // self.gs * self.gs
+        factor = size / max(imgs.shape[2:])
+        if factor != 1:
+            shape = [math.ceil(x * factor / self.gs) * self.gs for x in imgs.shape[2:]]
+            imgs = nn.functional.interpolate(imgs, size=shape, mode="bilinear", align_corners=False)
+        return imgs
+
+    # ------------------------------------------------------------------ epoch end
+    def _validate(self, model=None, plots=False):
+        results, _, _ = validator.run(
+            self.data, batch_size=self.opt.batch_size // WORLD_SIZE * 2, imgsz=self.opt.imgsz,
+            half=self.cuda and self.opt.amp, model=model or self.ema.ema, single_cls=self.opt.single_cls,
+            dataloader=self.val_loader, save_dir=self.save_dir, plots=plots,
+            compute_loss=self.compute_loss, names=self.names)
+        return tuple(float(x) for x in results)
+
+    def _log_epoch(self, epoch, train_items, results, lrs):
+        row = {"epoch": epoch}
+        for k, v in train_items.items():
+            row[f"train/{k}"] = v
+        keys = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+                "val/box_loss", "val/obj_loss", "val/cls_loss"]
+        row.update(dict(zip(keys, results)))
+        for j, lr in enumerate(lrs):
+            row[f"x/lr{j}"] = lr
+        row["x/elapsed_s"] = round(self.elapsed, 2)
+        if epoch == self.start_epoch and self.logger.columns[-1] != "x/elapsed_s":
+            extra_cols = [f"train/{k}" for k in self._extra_names()] + ["x/elapsed_s"]
+            self.logger.columns += [c for c in extra_cols if c not in self.logger.columns]
+        self.logger.log_epoch(row)
+
+    def _checkpoint(self, epoch, fi):
+        """Everything needed to use the model (EMA weights) and to resume training exactly."""
+        model = de_parallel(self.model)
+        return {
+            "format": CHECKPOINT_FORMAT, "version": 1,
+            "model_yaml": deepcopy(model.yaml), "names": list(self.names), "nc": self.nc,
+            "model": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                      for k, v in self.ema.ema.state_dict().items()},
+            "train_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.cuda else None,
+            "extra": self.extra.state_dict() if self.extra is not None else None,
+            "epoch": epoch, "best_fitness": float(self.best_fitness), "fitness": float(fi),
+            "elapsed_s": float(self.elapsed), "last_opt_step": int(self.last_opt_step),
+            "opt": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.opt).items()},
+            "hyp": dict(self.hyp_as_given), "date": datetime.now().isoformat(),
+        }
+
+    def _save(self, epoch, fi):
+        ckpt = self._checkpoint(epoch, fi)
+        save_checkpoint(self.weights_dir / "last.pt", ckpt)
+        if fi >= self.best_fitness:
+            save_checkpoint(self.weights_dir / "best.pt", ckpt)
+        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+            save_checkpoint(self.weights_dir / f"epoch{epoch}.pt", ckpt)
+
+    def _final_report(self, results):
+        """Validate best.pt with plots and the per-class table, as YOLOv5 does at the end."""
+        best = self.weights_dir / "best.pt"
+        if best.exists() and not self.opt.noval:
+            model, _ = load_model(best, device=self.device)
+            model.hyp, model.nc = self.hyp, self.nc
+            print(f"\nValidating {best}...")
+            results, _, _ = validator.run(
+                self.data, batch_size=self.opt.batch_size // WORLD_SIZE * 2, imgsz=self.opt.imgsz,
+                model=model, dataloader=self.val_loader, save_dir=self.save_dir, plots=not self.opt.noplots,
+                verbose=True, compute_loss=self.compute_loss, names=self.names, half=False)
+            results = tuple(float(x) for x in results)
+        if not self.opt.noplots:
+            from utils.plots import plot_results
+            plot_results(self.save_dir / "results.csv")
+        if self.logger:
+            self.logger.close()
+        print(f"{self.opt.epochs - self.start_epoch} epochs completed in {self.elapsed / 3600:.3f} hours.\n"
+              f"Results saved to {self.save_dir}")
+        return results
