@@ -1,0 +1,37 @@
+"""Knowledge distillation for YOLOv5: pure-tensor losses (no trainer needed).
+
+Interface (distill.losses):
+    DistillInputs(preds, features)      raw Detect levels [B, na, ny, nx, 5 + nc] (pre-sigmoid)
+                                        and tapped feature maps [B, C, H, W] of one network
+    DistillLoss.forward(student, teacher) -> (loss, items)
+        loss: 0-dim tensor in per-image units (the trainer multiplies by the batch size);
+        items: dict name -> detached 0-dim tensor (become train/<name> columns).
+
+Methods:
+    OutputDistillation(model, d_weight=10, cls_weighting='teacher_obj', per_batch=True)
+        the reference fork's teacher-objectness weighted MSE; items dist_box/dist_obj/dist_cls
+    SoftLabelKL(T=4, alpha=1, mode='bernoulli'|'softmax', obj_weighted=True, distill_obj=False)
+        Hinton KD on class scores with T^2 correction; items kd_cls (+ kd_obj)
+    FeatureDistillation(student_channels, teacher_channels, loss='mse'|'cosine'|'cwd', tau=1,
+                        standardize=False, weight=1)   1x1 adapters are its parameters; item feat
+    MultiTeacher(method, mode='average'|'sum')  forward(student, [teacher, ...])
+
+Functions:
+    compute_distillation_output_loss(p, t_p, model, d_weight=10) -> (loss, [box, obj, cls])
+    output_distillation_terms(p, t_p, cls_weighting) -> unscaled (box, obj, cls)
+    average_teachers(list of DistillInputs) -> DistillInputs
+    distill.features: build_adapters, standardize_channels, mse/cosine/cwd_feature_loss
+"""
+from distill.features import (build_adapters, cosine_feature_loss, cwd_feature_loss,
+                              mse_feature_loss, standardize_channels)
+from distill.losses import (DistillInputs, DistillLoss, FeatureDistillation, MultiTeacher,
+                            OutputDistillation, SoftLabelKL, average_teachers, bernoulli_kl,
+                            compute_distillation_output_loss, output_distillation_terms,
+                            softmax_kl)
+
+__all__ = [
+    'DistillInputs', 'DistillLoss', 'OutputDistillation', 'SoftLabelKL', 'FeatureDistillation',
+    'MultiTeacher', 'average_teachers', 'compute_distillation_output_loss',
+    'output_distillation_terms', 'bernoulli_kl', 'softmax_kl', 'build_adapters',
+    'standardize_channels', 'mse_feature_loss', 'cosine_feature_loss', 'cwd_feature_loss',
+]

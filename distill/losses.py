@@ -1,0 +1,261 @@
+"""Distillation losses: one small nn.Module per method behind the `DistillLoss` interface.
+
+Every method is called as `loss_fn(student, teacher) -> (loss, items)` where both sides are
+`DistillInputs` (raw prediction levels `[B, na, ny, nx, 5 + nc]`, pre-sigmoid, and optional
+feature maps `[B, C, H, W]`), `loss` is a 0-dim tensor in per-image units (the trainer multiplies
+the extra loss by the batch size, see docs/ARCHITECTURE.md) and `items` an ordered dict
+`name -> detached 0-dim tensor` for logging. Teacher tensors are always detached here.
+"""
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from distill.features import FEATURE_LOSSES, build_adapters, standardize_channels
+
+
+@dataclass
+class DistillInputs:
+    """What one network (student or teacher) produced for a batch."""
+    preds: Sequence[torch.Tensor] = ()     # raw Detect levels [B, na, ny, nx, 5 + nc]
+    features: Sequence[torch.Tensor] = field(default_factory=tuple)  # tapped maps [B, C, H, W]
+
+
+class DistillLoss(nn.Module):
+    """Interface: forward(student: DistillInputs, teacher: DistillInputs) -> (loss, items)."""
+
+    def forward(self, student, teacher):
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Output (response) distillation, "Object detection at 200 FPS" style, as the reference fork
+# ----------------------------------------------------------------------------------------------
+def _hyp_of(model):
+    """The hyperparameter dict the detection loss uses (unwrapping DDP/DP)."""
+    hyp = getattr(getattr(model, 'module', model), 'hyp', None)
+    if hyp is None:
+        raise AttributeError('model.hyp is not set: the trainer sets it before the first loss call')
+    return hyp
+
+
+def _weighted_mse(p, t, w):
+    """mean((p - t)^2 * w) over all elements; w broadcasts over the last axis."""
+    return ((p - t) ** 2 * w).mean()
+
+
+def output_distillation_terms(p, t_p, cls_weighting='teacher_obj'):
+    """Unscaled (box, obj, cls) sums over levels of the teacher-objectness weighted MSEs.
+
+    Per level, w = sigmoid(teacher objectness logit):
+      box = mean(MSE(p[..., :4], t[..., :4]) * w), obj = mean(MSE(p[..., 4], t[..., 4]) * w),
+      cls = mean(MSE(p[..., 5:], t[..., 5:]) * w) only when nc > 1 (YOLOv5 trains no class
+      logit for a single class, so there is nothing to imitate).
+    Means run over every element of the level, so a level's weight is independent of its size.
+    """
+    zero = p[0].new_zeros(())
+    lbox, lobj, lcls = zero, zero, zero
+    for pi, ti in zip(p, t_p):
+        ti = ti.detach()
+        w = ti[..., 4].sigmoid()
+        lbox = lbox + _weighted_mse(pi[..., :4], ti[..., :4], w.unsqueeze(-1))
+        lobj = lobj + _weighted_mse(pi[..., 4], ti[..., 4], w)
+        if pi.shape[-1] - 5 > 1:
+            wc = w.unsqueeze(-1) if cls_weighting == 'teacher_obj' else 1.0
+            lcls = lcls + _weighted_mse(pi[..., 5:], ti[..., 5:], wc)
+    return lbox, lobj, lcls
+
+
+def compute_distillation_output_loss(p, t_p, model, d_weight=10):
+    """The reference fork's output distillation loss -> (loss, tensor([box, obj, cls]).detach()).
+
+    loss = d_weight * (hyp['box'] * box + hyp['obj'] * obj + hyp['cls'] * cls) with the terms of
+    `output_distillation_terms` and the gains of `model.hyp` (already scaled by the trainer).
+    Like the reference, it is NOT multiplied by the batch size (see OutputDistillation).
+    The components are returned after their gains and d_weight, so they sum to the loss.
+    """
+    hyp = _hyp_of(model)
+    lbox, lobj, lcls = output_distillation_terms(p, t_p)
+    parts = torch.stack((lbox * hyp['box'], lobj * hyp['obj'], lcls * hyp['cls'])) * d_weight
+    return parts.sum(), parts.detach()
+
+
+class OutputDistillation(DistillLoss):
+    """Teacher-objectness weighted MSE on raw outputs (the reference fork's formula).
+
+    L = d_weight * sum_levels [ box * mean(w (p_xywh - t_xywh)^2) + obj * mean(w (p_o - t_o)^2)
+                                + cls * mean(w_c (p_c - t_c)^2) [nc > 1] ],  w = sigmoid(t_o),
+    w_c = w for cls_weighting='teacher_obj' (the reference) or 1 for 'none'.
+    Gains box/obj/cls come from model.hyp, read at every call because the trainer scales and
+    attaches hyp after building the extra loss.
+
+    Batch scaling: the reference fork (d_weight variant) leaves the batch-size factor commented
+    out and adds the term once per batch to a detection loss that is already x batch size, while
+    the older fork it derives from (gain hyp['dist'] instead of d_weight) multiplied by the batch
+    size. With per_batch=True (default, the d_weight fork) we return L / B, so the trainer's
+    x B reproduces the reference total exactly; per_batch=False returns L (the older behaviour).
+    """
+
+    def __init__(self, model, d_weight=10.0, cls_weighting='teacher_obj', per_batch=True):
+        super().__init__()
+        if cls_weighting not in ('teacher_obj', 'none'):
+            raise ValueError(f"cls_weighting must be 'teacher_obj' or 'none', got {cls_weighting!r}")
+        # A closure, not an attribute: assigning the student as a submodule would put its
+        # weights into this module's parameters() and state_dict().
+        self._hyp = lambda: _hyp_of(model)
+        self.d_weight, self.cls_weighting, self.per_batch = d_weight, cls_weighting, per_batch
+
+    def forward(self, student, teacher):
+        hyp = self._hyp()
+        lbox, lobj, lcls = output_distillation_terms(student.preds, teacher.preds, self.cls_weighting)
+        scale = self.d_weight / (student.preds[0].shape[0] if self.per_batch else 1)
+        parts = {'dist_box': lbox * hyp['box'] * scale, 'dist_obj': lobj * hyp['obj'] * scale,
+                 'dist_cls': lcls * hyp['cls'] * scale}
+        return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Soft-label KD (Hinton) adapted to YOLO's sigmoid scores
+# ----------------------------------------------------------------------------------------------
+def bernoulli_kl(t_logits, s_logits):
+    """Elementwise KL(Bern(sigmoid(t)) || Bern(sigmoid(s))), computed in log space for stability."""
+    p_t = t_logits.sigmoid()
+    log_ratio_pos = F.logsigmoid(t_logits) - F.logsigmoid(s_logits)
+    log_ratio_neg = F.logsigmoid(-t_logits) - F.logsigmoid(-s_logits)
+    return p_t * log_ratio_pos + (1.0 - p_t) * log_ratio_neg
+
+
+def softmax_kl(t_logits, s_logits):
+    """KL(softmax(t) || softmax(s)) over the last axis (keeps that axis as size 1)."""
+    log_t, log_s = F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1, keepdim=True)
+
+
+class SoftLabelKL(DistillLoss):
+    """Hinton soft-label distillation on class scores, weighted by teacher objectness.
+
+    YOLOv5 trains each class score as an independent sigmoid (BCE), so mode='bernoulli'
+    (default) matches that: per cell, sum over classes of KL(Bern(sigmoid(t_c / T)) ||
+    Bern(sigmoid(s_c / T))). mode='softmax' uses KL(softmax(t / T) || softmax(s / T)) instead.
+      L = alpha * T^2 * sum_levels mean_cells( w * KL_cell ),  w = sigmoid(t_obj) (or 1 when
+    obj_weighted=False), so background cells, where the teacher's class scores mean nothing, are
+    ignored. T^2 keeps the gradient size independent of T (the soft gradient shrinks as 1/T^2).
+    With distill_obj=True the objectness Bernoulli KL (unweighted) is added as 'kd_obj'.
+    Only classes are distilled when nc > 1, like the detection loss.
+
+    alpha scales the soft term only. The detection (hard) loss stays at weight 1 because the
+    trainer owns it and the extra-loss hook is additive; Hinton's (1 - a) * hard + a * soft is
+    the same objective up to a global factor (1 - a) when alpha = a / (1 - a).
+    """
+
+    def __init__(self, T=4.0, alpha=1.0, mode='bernoulli', obj_weighted=True, distill_obj=False):
+        super().__init__()
+        if mode not in ('bernoulli', 'softmax'):
+            raise ValueError(f"mode must be 'bernoulli' or 'softmax', got {mode!r}")
+        self.T, self.alpha, self.mode = float(T), float(alpha), mode
+        self.obj_weighted, self.distill_obj = obj_weighted, distill_obj
+
+    def _class_kl(self, s_cls, t_cls):
+        kl = bernoulli_kl if self.mode == 'bernoulli' else softmax_kl
+        return kl(t_cls / self.T, s_cls / self.T).sum(-1)  # [B, na, ny, nx]
+
+    def forward(self, student, teacher):
+        zero = student.preds[0].new_zeros(())
+        lcls, lobj = zero, zero
+        for si, ti in zip(student.preds, teacher.preds):
+            si, ti = si.float(), ti.detach().float()
+            if si.shape[-1] - 5 > 1:
+                w = ti[..., 4].sigmoid() if self.obj_weighted else 1.0
+                lcls = lcls + (self._class_kl(si[..., 5:], ti[..., 5:]) * w).mean()
+            if self.distill_obj:
+                lobj = lobj + bernoulli_kl(ti[..., 4] / self.T, si[..., 4] / self.T).mean()
+        gain = self.alpha * self.T ** 2
+        parts = {'kd_cls': lcls * gain}
+        if self.distill_obj:
+            parts['kd_obj'] = lobj * gain
+        return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature distillation (FitNets / cosine / CWD, optional PKD standardisation)
+# ----------------------------------------------------------------------------------------------
+class FeatureDistillation(DistillLoss):
+    """Imitate the teacher's tapped feature maps through learnable 1x1 adapters.
+
+    L = weight * sum_levels loss(norm(adapter_l(S_l)), norm(T_l)), where loss is
+    'mse' (FitNets: mean (s - t)^2), 'cosine' (mean over pixels of 1 - cos along channels) or
+    'cwd' (tau^2 * mean over image, channel of KL between spatial softmaxes at temperature tau),
+    and norm is per-image, per-channel standardisation over H, W when standardize=True (PKD),
+    identity otherwise. Adapters map student to teacher channels and are this module's
+    parameters (the optimizer trains them; the trainer saves them under `extra`).
+    """
+
+    def __init__(self, student_channels, teacher_channels, loss='mse', tau=1.0,
+                 standardize=False, weight=1.0):
+        super().__init__()
+        if loss not in FEATURE_LOSSES:
+            raise ValueError(f'loss must be one of {sorted(FEATURE_LOSSES)}, got {loss!r}')
+        self.adapters = build_adapters(student_channels, teacher_channels)
+        self.loss_name, self.tau, self.standardize, self.weight = loss, float(tau), standardize, weight
+
+    def _level_loss(self, s, t):
+        if self.standardize:
+            s, t = standardize_channels(s), standardize_channels(t)
+        if self.loss_name == 'cwd':
+            return FEATURE_LOSSES['cwd'](s, t, tau=self.tau)
+        return FEATURE_LOSSES[self.loss_name](s, t)
+
+    def forward(self, student, teacher):
+        if len(student.features) != len(self.adapters) or len(teacher.features) != len(self.adapters):
+            raise ValueError(f'expected {len(self.adapters)} feature levels, got '
+                             f'{len(student.features)} student / {len(teacher.features)} teacher')
+        total = student.features[0].new_zeros(())
+        for adapter, s, t in zip(self.adapters, student.features, teacher.features):
+            s, t = adapter(s).float(), t.detach().float()
+            if s.shape != t.shape:
+                raise ValueError(f'adapted student map {tuple(s.shape)} != teacher map {tuple(t.shape)}')
+            total = total + self._level_loss(s, t)
+        loss = total * self.weight
+        return loss, {'feat': loss.detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Several teachers
+# ----------------------------------------------------------------------------------------------
+def average_teachers(teachers):
+    """One DistillInputs whose raw prediction levels and feature maps are the teachers' means.
+
+    Assumes same-shaped outputs (same nc, anchors count, strides and tapped channels).
+    """
+    def mean_of(levels):
+        return [torch.stack([lvl.detach() for lvl in group]).mean(0) for group in zip(*levels)]
+
+    return DistillInputs(preds=mean_of([t.preds for t in teachers]),
+                         features=mean_of([t.features for t in teachers]))
+
+
+class MultiTeacher(DistillLoss):
+    """Apply one method with several teachers; forward(student, teachers: list of DistillInputs).
+
+    mode='average': the teachers' raw outputs / features are averaged first, then one loss;
+    mode='sum': one loss per teacher, then averaged (items averaged the same way), so the
+    loss scale does not grow with the number of teachers.
+    """
+
+    def __init__(self, method, mode='average'):
+        super().__init__()
+        if mode not in ('average', 'sum'):
+            raise ValueError(f"mode must be 'average' or 'sum', got {mode!r}")
+        self.method, self.mode = method, mode
+
+    def forward(self, student, teachers):
+        if isinstance(teachers, DistillInputs):
+            teachers = [teachers]
+        if self.mode == 'average':
+            return self.method(student, average_teachers(teachers))
+        results = [self.method(student, t) for t in teachers]
+        loss = sum(r[0] for r in results) / len(results)
+        items = {k: sum(r[1][k] for r in results) / len(results) for k in results[0][1]}
+        return loss, items

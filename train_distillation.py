@@ -1,0 +1,55 @@
+"""Train a small YOLOv5 (student) with knowledge distillation from frozen teachers.
+
+Every train.py flag works here; the distillation flags add a term to the detection loss each batch.
+    python train_distillation.py                       # demo: yolov5n student, shipped demo teacher, synthetic data
+    python train_distillation.py --data coco.yaml --cfg yolov5s.yaml --weights yolov5s.pt \
+        --t_weights yolov5m.pt --imgsz 640 --epochs 100 --batch-size 64
+    python train_distillation.py ... --d_feature cwd --d_standardize   # + feature distillation
+    python train_distillation.py ... --t_weights yolov5m.pt yolov5l.pt  # two teachers
+The formulas of each term are in README.md ("Distillation methods").
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import train
+from distill.distiller import build_distiller
+
+ROOT = Path(__file__).resolve().parent
+DEMO_TEACHER = ROOT / "weights" / "demo_teacher_yolov5s.pt"
+
+
+def build_parser():
+    p = train.build_parser()
+    p.description = "Train YOLOv5 with knowledge distillation"
+    g = p.add_argument_group("distillation")
+    g.add_argument("--t_weights", nargs="+", default=[str(DEMO_TEACHER)],
+                   help="teacher checkpoint(s): official YOLOv5 .pt or this project's; several = several teachers")
+    g.add_argument("--t_cfg", type=str, default="", help="teacher model YAML, to override the checkpoint's")
+    g.add_argument("--d_output", action=argparse.BooleanOptionalAction, default=True,
+                   help="output distillation: teacher-objectness weighted MSE of box/obj/cls predictions")
+    g.add_argument("--d_weight", type=float, default=10.0, help="gain of output distillation")
+    g.add_argument("--d_kl", action="store_true", help="add soft-label KL distillation of class scores")
+    g.add_argument("--d_temperature", type=float, default=4.0, help="KL temperature T (loss x T^2)")
+    g.add_argument("--d_alpha", type=float, default=1.0, help="KL gain alpha (soft term weight)")
+    g.add_argument("--d_feature", nargs="?", const="mse", default=None, choices=["mse", "cosine", "cwd"],
+                   help="add feature distillation on the neck outputs that feed Detect, with this loss")
+    g.add_argument("--d_feature_weight", type=float, default=1.0, help="gain of feature distillation")
+    g.add_argument("--d_feature_layers", nargs="+", type=int, default=None,
+                   help="student layer indices to distil (default: the Detect inputs)")
+    g.add_argument("--d_standardize", action="store_true", help="standardise features per channel first (PKD)")
+    g.add_argument("--d_tau", type=float, default=1.0, help="CWD spatial-softmax temperature")
+    g.add_argument("--d_multi", choices=["average", "sum"], default="average",
+                   help="several teachers: average their outputs, or one loss per teacher")
+    g.add_argument("--d_off_last", type=int, default=0, help="switch distillation off for the last N epochs")
+    g.add_argument("--t_val", nargs="?", const=True, default=False,
+                   help="validate the teacher first; give a baseline results.csv or student .pt to compare")
+    return p
+
+
+def main(opt):
+    return train.main(opt, extra_loss_factory=build_distiller)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main(train.parse_opt(parser=build_parser())) is not None else 1)
