@@ -1,0 +1,147 @@
+"""compare.py on fake run folders whose results.csv / opt.yaml values are chosen here."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = {'data': 'data/synth.yaml', 'cfg': 'yolov5n.yaml', 'weights': '', 'epochs': 3, 'imgsz': 96}
+
+
+def make_run(parent, name, best, opt, elapsed=None, padded=False):
+    """A run folder: 3 epochs rising to `best` mAP@0.5:0.95 (mAP@0.5 = 2x), opt.yaml from `opt`."""
+    d = parent / name
+    (d / 'weights').mkdir(parents=True)
+    curve = [best * 0.5, best * 0.9, best]
+    cols = ['epoch', 'train/box_loss', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95']
+    cols += ['x/elapsed_s'] if elapsed is not None else []
+    lines = [','.join(f'{c:>20}' if padded else c for c in cols)]
+    for i, m in enumerate(curve):
+        row = [i, 0.1, 2 * m, m] + ([elapsed * (i + 1) / 3] if elapsed is not None else [])
+        lines.append(','.join(str(v) for v in row))
+    (d / 'results.csv').write_text('\n'.join(lines) + '\n')
+    (d / 'opt.yaml').write_text(yaml.safe_dump({**COMMON, **opt}))
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Two baselines (0.200, 0.210: mean 0.205, spread 0.010), a teacher (0.305) and 4 distilled runs."""
+    p = tmp_path / 'sweep'
+    make_run(p, 'base_s0', 0.200, {}, elapsed=75, padded=True)
+    make_run(p, 'base_s1', 0.210, {'seed': 1})
+    teacher = make_run(p, 'teacher', 0.305, {'cfg': 'yolov5s.yaml'})
+    (teacher / 'weights' / 'best.pt').write_bytes(b'not a checkpoint')
+    t = {'t_weights': [str(teacher / 'weights' / 'best.pt')], 'd_output': True, 'd_weight': 10.0}
+    make_run(p, 'kd_good', 0.255, t, elapsed=3700)
+    make_run(p, 'kd_lost', 0.180, {**t, 'd_output': False, 'd_kl': True, 'd_alpha': 1.0, 'd_temperature': 4.0})
+    make_run(p, 'kd_noise', 0.209, {**t, 'd_feature': 'cwd', 'd_standardize': True, 'd_feature_weight': 2.0})
+    make_run(p, 'kd_other_size', 0.300, {**t, 'imgsz': 128})
+    return p
+
+
+def by_run(rows):
+    return {r['run']: r for r in rows}
+
+
+def test_table_labels_and_values(runs, capsys):
+    rows = by_run(compare.run([runs], costs=False))
+    assert rows['base_s0']['teacher'] == '-' and rows['base_s0']['method'] == 'none'
+    assert rows['base_s0']['mAP@0.5:0.95'] == pytest.approx(0.200)  # padded header still read
+    assert rows['base_s0']['mAP@0.5'] == pytest.approx(0.400)
+    assert rows['base_s0']['wall time'] == pytest.approx(75) and rows['base_s1']['wall time'] is None
+    assert rows['kd_good']['teacher'] == 'teacher' and rows['kd_good']['student'] == 'yolov5n'
+    assert rows['kd_good']['method'] == 'output' and rows['kd_good']['weights'] == 'dw=10.0'
+    assert rows['kd_lost']['method'] == 'kl' and rows['kd_lost']['weights'] == 'a=1.0 T=4.0'
+    assert rows['kd_noise']['method'] == 'output+feature:cwd+std'
+    assert rows['kd_noise']['weights'] == 'dw=10.0 fw=2.0'
+    assert rows['teacher']['student'] == 'yolov5s' and rows['kd_good']['epochs'] == 3
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith('|')]
+    assert len(table) == 2 + 7 and all(line.count('|') == len(compare.COLUMNS) + 1 for line in table)
+    kd_line = next(line for line in table if 'kd_good' in line)
+    assert '1h01m' in kd_line and '0.255' in kd_line and '0.510' in kd_line
+
+
+def test_baseline_verdicts_and_gap_recovered(runs):
+    rows = by_run(compare.run([runs], costs=False))
+    # noise = spread of the two baselines = 0.010; baseline mean 0.205; teacher 0.305
+    assert rows['kd_good']['vs baseline'] == '+0.050'
+    assert rows['kd_good']['gap recovered'] == pytest.approx(0.05 / 0.10)
+    assert rows['kd_lost']['vs baseline'] == 'LOST -0.025'
+    assert rows['kd_lost']['gap recovered'] == pytest.approx(-0.25)
+    assert rows['kd_noise']['vs baseline'].startswith('within noise')
+    assert rows['kd_other_size']['vs baseline'] == 'no baseline'  # imgsz differs: nothing to match
+    assert rows['base_s0']['vs baseline'] == 'baseline'
+    md = compare.to_markdown(list(rows.values()))
+    assert '+50%' in md and '-25%' in md and 'LOST -0.025' in md
+
+
+def test_noise_and_teacher_map_overrides(runs):
+    rows = by_run(compare.run([runs], noise=0.03, teacher_map=0.405, costs=False))
+    assert rows['kd_lost']['vs baseline'].startswith('within noise')
+    assert rows['kd_good']['vs baseline'] == '+0.050'  # still beyond the wider band
+    assert rows['kd_good']['gap recovered'] == pytest.approx(0.05 / 0.2)
+
+
+def test_single_baseline_uses_default_noise(runs):
+    rows = by_run(compare.run([runs], baseline=['base_s0'], costs=False))
+    # baseline 0.200, default noise 0.005: kd_noise (+0.009) now beats it, kd_lost is -0.020
+    assert rows['kd_noise']['vs baseline'] == '+0.009'
+    assert rows['kd_lost']['vs baseline'] == 'LOST -0.020'
+    assert rows['kd_other_size']['vs baseline'] == '+0.100'  # explicit baseline applies to every run
+
+
+def test_csv_output(runs, tmp_path):
+    out = tmp_path / 'table.csv'
+    compare.run([runs], csv_file=out, costs=False)
+    with open(out) as f:
+        rows = {r['run']: r for r in csv.DictReader(f)}
+    assert len(rows) == 7
+    assert float(rows['kd_good']['mAP@0.5:0.95']) == pytest.approx(0.255)
+    assert float(rows['kd_good']['wall_time_s']) == pytest.approx(3700)
+    assert float(rows['kd_lost']['delta']) == pytest.approx(-0.025)
+    assert rows['kd_lost']['vs baseline'] == 'LOST -0.025' and rows['base_s1']['wall_time_s'] == ''
+
+
+def test_plot_written(runs, tmp_path):
+    png = tmp_path / 'curves.png'
+    compare.run([runs], plot=png, costs=False)
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
+
+
+def test_params_and_gflops_from_checkpoint(tmp_path):
+    from models.checkpoint import model_checkpoint_fields, save_checkpoint
+    from models.yolo import Model
+
+    model = Model('yolov5n.yaml', nc=2)
+    for name, imgsz in (('small', 64), ('large', 128)):
+        d = make_run(tmp_path, name, 0.1, {'imgsz': imgsz})
+        save_checkpoint(d / 'weights' / 'best.pt', model_checkpoint_fields(model))
+    rows = by_run(compare.run([tmp_path]))
+    assert rows['small']['params'] == sum(p.numel() for p in model.parameters())
+    assert rows['large']['GFLOPs'] == pytest.approx(4 * rows['small']['GFLOPs'], rel=1e-6)
+
+
+def test_bad_input(runs, tmp_path):
+    with pytest.raises(ValueError, match='mAP_0.5'):
+        compare.run([runs], metric='mAP_0.75', costs=False)
+    with pytest.raises(FileNotFoundError, match='no such run'):
+        compare.run([tmp_path / 'missing'])
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='no runs'):
+        compare.run([tmp_path / 'empty'])
+
+
+def test_cli(runs):
+    ok = subprocess.run([sys.executable, 'compare.py', str(runs), '--no-costs', '--metric', 'mAP_0.5'],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert 'LOST -0.050' in ok.stdout  # kd_lost at mAP@0.5: 0.36 vs mean 0.41, noise 0.02
+    bad = subprocess.run([sys.executable, 'compare.py', str(runs / 'nope')], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and 'no such run folder' in bad.stderr and 'Traceback' not in bad.stderr
