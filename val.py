@@ -308,8 +308,9 @@ def _save_and_eval_json(jdict, data, weights, save_dir, is_coco, dataloader):
 
 def parse_opt(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=str, default="data/coco128.yaml", help="dataset.yaml path")
-    parser.add_argument("--weights", nargs="+", type=str, default=["yolov5s.pt"], help="model path(s)")
+    parser.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset.yaml path")
+    parser.add_argument("--weights", nargs="+", type=str, default=[str(ROOT / "weights/demo_teacher_yolov5s.pt")],
+                        help="model path(s): own or official YOLOv5 .pt")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -339,6 +340,8 @@ def parse_opt(argv=None):
 
 
 def main(opt):
+    from utils.logging import setup_cli_logging
+    setup_cli_logging()  # dataset scan reports
     kwargs = vars(opt).copy()
     if opt.task in ("train", "val", "test"):
         if opt.conf_thres > 0.001:

@@ -215,7 +215,7 @@ class LoadImagesAndLabels(Dataset):
     def _sort_for_rect(self, batch_size, pad):
         """Sort by aspect ratio and give each batch the smallest stride-multiple shape that fits it."""
         ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
-        order = ar.argsort(kind='stable')
+        order = ar.argsort()
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
