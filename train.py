@@ -113,6 +113,9 @@ def main(opt, extra_loss_factory=None):
     init_distributed(opt)
     try:
         opt = prepare_run(opt)
+        if getattr(opt, "t_weights", None) and extra_loss_factory is None:
+            raise SystemExit(f"{opt.save_dir} was trained with distillation (--t_weights {opt.t_weights}); "
+                             "resume it with train_distillation.py --resume")
         return Trainer(opt, extra_loss_factory=extra_loss_factory).train()
     finally:
         if LOCAL_RANK != -1 and dist.is_initialized():

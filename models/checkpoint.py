@@ -362,3 +362,18 @@ def load_model(weights_or_cfg, device='cpu', nc=None, fuse=False):
                 names=list(model.names), nc=model.nc, stride=model.stride.tolist(),
                 yaml=model.yaml)
     return model, meta
+
+
+TRAINING_ONLY_KEYS = ('train_model', 'optimizer', 'scaler', 'extra', 'ema_updates', 'last_opt_step')
+
+
+def strip_checkpoint(src, dst=None, half=False):
+    """Drop what only resuming needs (optimizer, raw weights, distillation adapters), as YOLOv5's
+    strip_optimizer does; `half` stores the weights in fp16 (they load back into a float32 model).
+    Returns the path written (src itself when dst is None) and its size in MB."""
+    ckpt = load_checkpoint(src)
+    ckpt = {k: v for k, v in ckpt.items() if k not in TRAINING_ONLY_KEYS}
+    if half:
+        ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()}
+    dst = save_checkpoint(dst or src, ckpt)
+    return dst, dst.stat().st_size / 1e6

@@ -247,3 +247,23 @@ def test_official_converted_to_own_format_keeps_outputs(official, tmp_path):
     b, _ = load_model(own)
     x = torch.load(REFERENCE_IO, weights_only=True)['input'][:1]
     assert torch.equal(_outputs(a, x)[0], _outputs(b, x)[0])
+
+
+def test_strip_checkpoint_keeps_outputs_and_drops_training_state(tmp_path):
+    from models.checkpoint import strip_checkpoint
+    torch.manual_seed(0)
+    model = Model('yolov5n.yaml', nc=3).eval()
+    fields = model_checkpoint_fields(model)
+    big = tmp_path / 'full.pt'
+    save_checkpoint(big, {**fields, 'nc': 3, 'optimizer': {'state': {}, 'lr': torch.zeros(1000)},
+                          'train_model': {k: v.clone() for k, v in fields['model'].items()}})
+    x = torch.rand(1, 3, 64, 64)
+    want = model(x)[0]
+    path, size_mb = strip_checkpoint(big, tmp_path / 'small.pt', half=True)
+    ckpt = torch.load(path, weights_only=True)
+    assert 'optimizer' not in ckpt and 'train_model' not in ckpt
+    assert all(v.dtype == torch.float16 for v in ckpt['model'].values() if v.is_floating_point())
+    assert size_mb < big.stat().st_size / 1e6 / 3
+    got = load_model(path)[0].eval()(x)[0]
+    assert next(load_model(path)[0].parameters()).dtype == torch.float32
+    assert (got - want).abs().max() < 0.05 * want.abs().max()  # fp16 rounding only

@@ -106,3 +106,37 @@ def test_two_teachers(tiny_data, tmp_path, teacher_pt):
                 keep=kept)
     assert len(kept[0].teachers) == 2
     assert len(kept[0].feature_terms) == 2  # one adapter set per teacher width
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_restores_adapters_and_teacher_settings(tiny_data, tmp_path, teacher_pt, monkeypatch):
+    from utils.trainer import Trainer
+    extra = ["--d_feature", "mse", "--d_weight", "3", "--batch-size", "4"]
+    run_distill(distill_args(tiny_data, tmp_path, "full", teacher_pt, epochs=2, extra=extra))
+
+    save = Trainer._save
+
+    def save_then_crash(self, epoch, fi):
+        save(self, epoch, fi)
+        if epoch == 0:
+            raise Interrupted  # as if the machine died right after the first epoch's checkpoint
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    with pytest.raises(Interrupted):
+        run_distill(distill_args(tiny_data, tmp_path, "cut", teacher_pt, epochs=2, extra=extra))
+    monkeypatch.setattr(Trainer, "_save", save)
+    last = tmp_path / "cut" / "weights" / "last.pt"
+
+    with pytest.raises(SystemExit, match="train_distillation.py --resume"):
+        train.main(train.parse_opt(["--resume", str(last)]))  # plain train.py would drop the teacher
+    kept = []
+    run_distill(["--resume", str(last), "--device", "cpu"], keep=kept)
+    assert kept[0].output_terms["output"].method.d_weight == 3.0  # teacher settings come from last.pt
+    full = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 1
+    for key in ("train_model", "extra"):  # student weights and feature adapters
+        assert full[key].keys() == resumed[key].keys()
+        assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key

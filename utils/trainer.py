@@ -18,7 +18,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import val as validator
-from models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from models.checkpoint import load_checkpoint, load_model, save_checkpoint, strip_checkpoint
 from models.yolo import Model, model_summary
 from utils.autoanchor import check_anchors
 from utils.datasets import check_dataset, create_dataloader
@@ -403,6 +403,8 @@ class Trainer:
     def _final_report(self, results):
         """Validate best.pt with plots and the per-class table, as YOLOv5 does at the end."""
         best = self.weights_dir / "best.pt"
+        if best.exists():  # a finished run's best.pt is for use, not for resuming: drop the optimizer
+            strip_checkpoint(best)
         if best.exists() and not self.opt.noval:
             model, _ = load_model(best, device=self.device)
             model.hyp, model.nc = self.hyp, self.nc
@@ -417,6 +419,7 @@ class Trainer:
             plot_results(self.save_dir / "results.csv")
         if self.logger:
             self.logger.close()
-        print(f"{self.opt.epochs - self.start_epoch} epochs completed in {self.elapsed / 3600:.3f} hours.\n"
-              f"Results saved to {self.save_dir}")
+        print(f"Training finished in {self.elapsed / 3600:.3f} hours ({self.elapsed:.0f} s of epochs).\n"
+              f"Final {best if best.exists() else 'model'}: mAP@0.5 {results[2]:.3f}, "
+              f"mAP@0.5:0.95 {results[3]:.3f}\nResults saved to {self.save_dir}")
         return results
