@@ -14,7 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from models.checkpoint import load_checkpoint
-from utils.files import increment_path, newest_last_checkpoint
+from utils.files import increment_path, newest_last_checkpoint, resolve_file, yaml_load
 from utils.logging import setup_cli_logging
 from utils.torch_utils import LOCAL_RANK, RANK
 
@@ -29,7 +29,8 @@ def build_parser():
     p.add_argument("--weights", type=str, default="", help="initial weights (.pt); '' trains from scratch")
     p.add_argument("--cfg", type=str, default="yolov5n.yaml", help="model YAML (models/yolov5{n,s,m,l,x}.yaml)")
     p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset YAML")
-    p.add_argument("--hyp", type=str, default=str(ROOT / "data/hyps/hyp.scratch-low.yaml"), help="hyperparameter YAML")
+    p.add_argument("--hyp", type=str, default="",
+                   help="hyperparameter YAML (default: hyp.scratch-low.yaml; hyp.synthetic.yaml for synthetic data)")
     p.add_argument("--epochs", type=int, default=30, help="total training epochs")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=160, help="train/val image size (pixels)")
@@ -86,8 +87,18 @@ def prepare_run(opt):
         opt.save_dir = str(path.parent.parent)
         return opt
     opt.resume_path = None
+    opt.hyp = opt.hyp or default_hyp(opt.data)
     opt.save_dir = str(_agreed_save_dir(opt))
     return opt
+
+
+def default_hyp(data):
+    """YOLOv5's hyp.scratch-low.yaml, or the demo's hyp.synthetic.yaml when `data` is a synthetic set."""
+    try:
+        synthetic = "synthetic" in yaml_load(resolve_file(data))
+    except (OSError, AttributeError, TypeError):
+        synthetic = False  # check_dataset reports a bad --data later, with a better message
+    return str(ROOT / "data/hyps" / ("hyp.synthetic.yaml" if synthetic else "hyp.scratch-low.yaml"))
 
 
 def _agreed_save_dir(opt):

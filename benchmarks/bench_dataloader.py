@@ -54,10 +54,12 @@ def main(argv=None):
     hyp = yaml.safe_load(Path(a.hyp).read_text())
     print(f"data {a.data} (train {data['train']}), imgsz {a.imgsz}, batch {a.batch}, mosaic {hyp.get('mosaic')}, "
           f"cache {a.cache}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9}")
+    print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9} {'vs first':>9}")
+    first = None
     for w in a.workers:
         secs, n, used = measure(data['train'], data['nc'], hyp, a.imgsz, a.batch, w, a.epochs, a.cache)
-        print(f'{used:>8} {n:>8} {secs:>8.2f} {n / secs:>9.1f}')
+        first = first or n / secs
+        print(f'{used:>8} {n:>8} {secs:>8.2f} {n / secs:>9.1f} {n / secs / first:>8.2f}x')
 
 
 if __name__ == '__main__':

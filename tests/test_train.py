@@ -97,3 +97,11 @@ def test_torchrun_two_cpu_processes(tiny_data, tmp_path):
     assert runs == ["ddp"], runs  # one run folder: ranks agreed on it
     assert len(read_rows(tmp_path / "ddp" / "results.csv")) == 1
     assert (tmp_path / "ddp" / "weights" / "last.pt").exists()
+
+
+def test_default_hyp_follows_the_dataset(tiny_data):
+    assert train.default_hyp(str(tiny_data)).endswith("hyp.synthetic.yaml")  # the demo steps every batch
+    assert train.default_hyp("coco128.yaml").endswith("hyp.scratch-low.yaml")  # YOLOv5's default elsewhere
+    from utils.files import yaml_load
+    demo, low = yaml_load(ROOT / "data/hyps/hyp.synthetic.yaml"), yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml")
+    assert demo.pop("nbs") == 16 and demo == low  # only the nominal batch differs

@@ -30,7 +30,7 @@ from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, Mode
                                init_seeds, lr_lambda, select_device, smart_optimizer,
                                torch_distributed_zero_first)
 
-NOMINAL_BATCH = 64  # gradients are accumulated up to this batch size, as in YOLOv5
+NOMINAL_BATCH = 64  # gradients are accumulated up to this batch size, as in YOLOv5 (hyp key `nbs`)
 CHECKPOINT_FORMAT = "yolov5-distill"
 
 
@@ -79,8 +79,9 @@ class Trainer:
         self.gs = max(int(self.model.stride.max()), 32)
         if opt.imgsz % self.gs:
             raise ValueError(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}")
-        self.accumulate = max(round(NOMINAL_BATCH / opt.batch_size), 1)
-        self.hyp["weight_decay"] *= opt.batch_size * self.accumulate / NOMINAL_BATCH
+        self.nbs = int(self.hyp.get("nbs", NOMINAL_BATCH))
+        self.accumulate = max(round(self.nbs / opt.batch_size), 1)
+        self.hyp["weight_decay"] *= opt.batch_size * self.accumulate / self.nbs
 
         self._build_loaders()
         self._scale_hyp_for_model()
@@ -321,7 +322,7 @@ class Trainer:
             self.cur_accumulate = self.accumulate
             return
         xi = [0, self.warmup_iters]
-        self.cur_accumulate = max(1, int(np.interp(ni, xi, [1, NOMINAL_BATCH / self.opt.batch_size]).round()))
+        self.cur_accumulate = max(1, int(np.interp(ni, xi, [1, self.nbs / self.opt.batch_size]).round()))
         for j, group in enumerate(self.optimizer.param_groups):
             start = self.hyp["warmup_bias_lr"] if j == 0 else 0.0
             group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * self.lf(epoch)]))
