@@ -210,6 +210,12 @@ def _check_plain(obj, where='ckpt'):
                         'hold only tensors, numbers, strings, lists and dicts (convert it first)')
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path, ckpt):
     """Write ckpt to path atomically (temp file in the same folder, fsync, os.replace)."""
     _check_plain(ckpt)
@@ -219,6 +225,7 @@ def save_checkpoint(path, ckpt):
             'date': datetime.datetime.now().isoformat(), **ckpt}
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
         with os.fdopen(fd, 'wb') as f:
             torch.save(ckpt, f)
             f.flush()
