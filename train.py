@@ -31,7 +31,7 @@ def build_parser():
     p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset YAML")
     p.add_argument("--hyp", type=str, default="",
                    help="hyperparameter YAML (default: hyp.scratch-low.yaml; hyp.synthetic.yaml for synthetic data)")
-    p.add_argument("--epochs", type=int, default=30, help="total training epochs")
+    p.add_argument("--epochs", type=int, default=20, help="total training epochs (the default suits the synthetic demo)")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=160, help="train/val image size (pixels)")
     p.add_argument("--rect", action="store_true", help="rectangular training")

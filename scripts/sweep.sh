@@ -4,7 +4,7 @@
 #
 # Usage:
 #   NAME=demo TEACHERS="weights/demo_teacher_yolov5s.pt" STUDENTS="yolov5n.yaml" \
-#   METHODS="output feature-cwd kl" DWEIGHTS="1 10" EPOCHS=30 bash scripts/sweep.sh
+#   METHODS="output feature-cwd kl" DWEIGHTS="1 10" EPOCHS=20 bash scripts/sweep.sh
 #
 # Grid (space-separated lists):
 #   TEACHERS  teacher checkpoints (.pt)                     [weights/demo_teacher_yolov5s.pt]
@@ -16,7 +16,7 @@
 #             --d_alpha (KL gain) for kl without output                [1 10]
 #   SEEDS     seeds of the baseline runs; >= 2 lets compare.py measure the noise  [0]
 # Common flags, passed to every run:
-#   DATA [data/synthetic.yaml]  EPOCHS [30]  IMGSZ [160]  BATCH [16]  DEVICE ['' = auto]
+#   DATA [data/synthetic.yaml]  EPOCHS [20]  IMGSZ [160]  BATCH [16]  DEVICE ['' = auto]
 #   EXTRA  any further train.py flags, e.g. EXTRA="--workers 0 --patience 1000"
 # Output:
 #   NAME [demo] -> PROJECT [runs/sweep_$NAME]; runs are named <student>_<method>_dw<w>_<teacher>
@@ -39,7 +39,7 @@ METHODS="${METHODS:-output feature-cwd kl}"
 DWEIGHTS="${DWEIGHTS:-1 10}"
 SEEDS="${SEEDS:-0}"
 DATA="${DATA:-data/synthetic.yaml}"
-EPOCHS="${EPOCHS:-30}"
+EPOCHS="${EPOCHS:-20}"
 IMGSZ="${IMGSZ:-160}"
 BATCH="${BATCH:-16}"
 DEVICE="${DEVICE:-}"
