@@ -152,9 +152,14 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         task="val", device="", workers=8, single_cls=False, verbose=False, save_txt=False,
         save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp",
         exist_ok=False, half=True, model=None, dataloader=None, save_dir=Path(""), plots=True,
-        compute_loss=None, names=None):
-    """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls val losses), per-class mAP, ms per image)."""
+        compute_loss=None, names=None, nms_time_limit=None):
+    """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls val losses), per-class mAP, ms per image).
+
+    nms_time_limit: seconds per batch; None = YOLOv5's limit inside training, none stand-alone.
+    """
     training = model is not None
+    if nms_time_limit is None:
+        nms_time_limit = None if training else math.inf
     if training:  # called by the trainer with its EMA model and val loader
         device = next(model.parameters()).device
         half &= device.type != "cpu"
@@ -186,13 +191,14 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     class_map = coco80_to_coco91_class() if is_coco else list(range(1000))
     state = _evaluate(model, dataloader, device, half, conf_thres, iou_thres, max_det, single_cls,
                       save_hybrid, save_txt, save_conf, save_json, save_dir, plots, compute_loss,
-                      names, nc, class_map, training)
+                      names, nc, class_map, training, nms_time_limit)
     return _summarise(state, data, weights, nc, names, batch_size, imgsz, verbose, training, plots,
                       save_dir, save_json, save_txt, is_coco, dataloader, model)
 
 
 def _evaluate(model, dataloader, device, half, conf_thres, iou_thres, max_det, single_cls, save_hybrid,
-              save_txt, save_conf, save_json, save_dir, plots, compute_loss, names, nc, class_map, training):
+              save_txt, save_conf, save_json, save_dir, plots, compute_loss, names, nc, class_map, training,
+              nms_time_limit):
     """The batch loop: inference, NMS, matching in original image space; collects the statistics."""
     cuda = device.type == "cuda"
     iouv = IOU_THRESHOLDS.to(device)
@@ -214,11 +220,10 @@ def _evaluate(model, dataloader, device, half, conf_thres, iou_thres, max_det, s
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
         lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if save_hybrid else []
         with dt[2]:
-            # the trainer keeps YOLOv5's NMS time limit (early epochs flood NMS); a stand-alone run
-            # has none, so its metrics never depend on how busy the machine is
+            # per-epoch validation keeps YOLOv5's NMS time limit (early epochs flood NMS); stand-alone
+            # and final validation have none, so their metrics never depend on how busy the machine is
             preds = non_max_suppression(preds, conf_thres, iou_thres, labels=lb, multi_label=True,
-                                        agnostic=single_cls, max_det=max_det,
-                                        time_limit=None if training else math.inf)
+                                        agnostic=single_cls, max_det=max_det, time_limit=nms_time_limit)
         for si, pred in enumerate(preds):
             labels = targets[targets[:, 0] == si, 1:]
             path, shape, ratio_pad = Path(paths[si]), shapes[si][0], shapes[si][1]

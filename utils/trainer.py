@@ -413,7 +413,8 @@ class Trainer:
             results, _, _ = validator.run(
                 self.data, batch_size=self.opt.batch_size // WORLD_SIZE * 2, imgsz=self.opt.imgsz,
                 model=model, dataloader=self.val_loader, save_dir=self.save_dir, plots=not self.opt.noplots,
-                verbose=True, compute_loss=self.compute_loss, names=self.names, half=False)
+                verbose=True, compute_loss=self.compute_loss, names=self.names, half=False,
+                nms_time_limit=math.inf)  # the reported figure must not depend on machine load
             results = tuple(float(x) for x in results)
         if not self.opt.noplots:
             from utils.plots import plot_results
