@@ -54,7 +54,7 @@ def load_detector(weights, device, half):
         print('WARNING: --half needs a CUDA device; running in FP32 on CPU')
         half = False
     model = model.half() if half else model.float()
-    return model.eval(), half
+    return model.eval(), half, meta
 
 
 def check_classes(classes, nc):
@@ -131,7 +131,7 @@ def make_save_dir(project, name, exist_ok, save_txt):
 
 
 @torch.no_grad()
-def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/images', imgsz=(640, 640),
+def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/images', imgsz=None,
         conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', view_img=False, save_txt=False,
         save_conf=False, save_crop=False, nosave=False, classes=None, agnostic_nms=False,
         project=ROOT / 'runs/detect', name='exp', exist_ok=False, line_thickness=3, hide_labels=False,
@@ -145,10 +145,10 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
         check_display()
     collect_files(source)  # fail on a bad --source before spending time on the model
     device = select_device(device)
-    model, half = load_detector(weights, device, half)
+    model, half, meta = load_detector(weights, device, half)
     stride, names = int(model.stride.max()), list(model.names)
     check_classes(classes, len(names))
-    imgsz = check_imgsz(imgsz, stride)
+    imgsz = check_imgsz(imgsz or [meta.get('imgsz') or 640], stride)  # default: the training size
     dataset = LoadSources(source, img_size=imgsz, stride=stride, vid_stride=vid_stride)
     save_dir = make_save_dir(project, name, exist_ok, save_txt)
     opts = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det)
@@ -240,7 +240,8 @@ def parse_opt(argv=None):
                    help='checkpoint (.pt, own or official YOLOv5) or a model YAML (random weights, smoke test)')
     p.add_argument('--source', nargs='+', type=str, default=str(ROOT / 'data/images'),
                    help='image, folder, glob, .txt list of paths or video file')
-    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
+    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=None,
+                   help='inference size h,w (default: the size the checkpoint was trained at, else 640)')
     p.add_argument('--conf-thres', type=float, default=0.25, help='confidence threshold')
     p.add_argument('--iou-thres', type=float, default=0.45, help='NMS IoU threshold')
     p.add_argument('--max-det', type=int, default=1000, help='maximum detections per image')

@@ -118,8 +118,8 @@ def _load_standalone(weights, device, half):
     if weights is None:
         raise ValueError("val.run needs --weights (or model= and dataloader= from the trainer)")
     weights = weights[0] if isinstance(weights, (list, tuple)) else weights
-    model, _ = load_model(weights, device=device, fuse=True)
-    return model.half() if half else model.float()
+    model, meta = load_model(weights, device=device, fuse=True)
+    return (model.half() if half else model.float()), meta
 
 
 def _build_dataloader(data, task, imgsz, batch_size, stride, single_cls, workers):
@@ -169,8 +169,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         half &= device.type == "cuda"  # fp16 only pays (and is only supported well) on CUDA
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-        model = _load_standalone(weights, device, half)
-        imgsz = check_img_size(imgsz, int(model.stride.max()))
+        model, meta = _load_standalone(weights, device, half)
+        imgsz = check_img_size(imgsz or meta.get("imgsz") or 640, int(model.stride.max()))
     if not isinstance(data, dict):
         from utils.datasets import check_dataset
         data = check_dataset(data)
@@ -317,7 +317,8 @@ def parse_opt(argv=None):
     parser.add_argument("--weights", nargs="+", type=str, default=[str(ROOT / "weights/demo_teacher_yolov5s.pt")],
                         help="model path(s): own or official YOLOv5 .pt")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size")
-    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
+                        help="inference size (pixels); default: the size the checkpoint was trained at, else 640")
     parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")

@@ -355,12 +355,13 @@ def load_model(weights_or_cfg, device='cpu', nc=None, fuse=False):
     """Return (float32 model in eval mode, meta) from an own/official checkpoint or a model YAML."""
     if _looks_like_config(weights_or_cfg):
         model = Model(load_model_yaml(weights_or_cfg), nc=nc)
-        meta = {'source': 'yaml', 'epoch': -1, 'date': None, 'transferred': None}
+        meta = {'source': 'yaml', 'epoch': -1, 'date': None, 'transferred': None, 'imgsz': None}
     else:
         ckpt = load_checkpoint(weights_or_cfg)
         model, transferred = build_from_checkpoint(ckpt, nc=nc)
         meta = {'source': ckpt.get('source', FORMAT), 'epoch': ckpt.get('epoch', -1),
-                'date': ckpt.get('date'), 'transferred': transferred}
+                'date': ckpt.get('date'), 'transferred': transferred,
+                'imgsz': (ckpt.get('opt') or {}).get('imgsz')}  # the size it was trained at, if known
     model = model.float().eval()
     if fuse:
         model.fuse()
