@@ -17,6 +17,7 @@ from tqdm import tqdm
 from utils.boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.files import increment_path
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
+from utils.sources import check_imgsz
 from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
@@ -48,14 +49,6 @@ class Profile:
     def _sync(self):
         if self.cuda:
             torch.cuda.synchronize()
-
-
-def check_img_size(imgsz, stride=32):
-    """Round the image size up to a multiple of the model stride (with a note when it changes)."""
-    new = max(math.ceil(int(imgsz) / stride) * stride, stride)
-    if new != imgsz:
-        print(f"WARNING: --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
-    return new
 
 
 def save_one_txt(predn, save_conf, shape, file):
@@ -170,7 +163,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         model, meta = _load_standalone(weights, device, half)
-        imgsz = check_img_size(imgsz or meta.get("imgsz") or 640, int(model.stride.max()))
+        imgsz = check_imgsz(imgsz or meta.get("imgsz") or 640, int(model.stride.max()))[0]  # square
     if not isinstance(data, dict):
         from utils.datasets import check_dataset
         data = check_dataset(data)
