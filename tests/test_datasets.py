@@ -120,7 +120,7 @@ def _bad_dataset(root):
         '1 1.2 0.2 0.1 0.1',  # out of range
         '1 0.2 0.2 -0.1 0.1',  # out of range
         '1 0.2 0.2 0.0 0.1',  # zero-size
-        '3 0.2 0.2 0.1 0.1',  # class >= nc
+        '-2 0.2 0.2 0.1 0.1',  # negative class
         '-1 0.2 0.2 0.1 0.1',  # negative class
         '1.5 0.2 0.2 0.1 0.1',  # non-integer class
         '0 0.5 0.5 0.2 0.2',  # duplicate of the first row
@@ -155,7 +155,7 @@ def test_bad_images_and_rows_are_reported_and_dropped(tmp_path, caplog):
         assert name in text, name
     for reason in ('wrong number of columns (lines 2, 3)', 'non-numeric value (line 4)',
                    'non-finite value (lines 5, 6)', 'coordinates outside 0..1 (lines 7, 8)',
-                   'zero-size box (line 9)', 'class id outside 0..2 (lines 10, 11, 12)', 'duplicate row (line 13)'):
+                   'zero-size box (line 9)', 'class id not a non-negative integer (lines 10, 11, 12)', 'duplicate row (line 13)'):
         assert reason in text, reason
     kept = sorted(Path(f).name for f in ds.im_files)
     assert kept == ['empty.png', 'good.png', 'mixed.png', 'nolabel.png']
@@ -214,8 +214,9 @@ def test_label_cache_is_reused_and_invalidated(tmp_path):
     ds = LoadImagesAndLabels(str(img_dir), img_size=64, nc=3)
     assert not ds.from_cache
     np.testing.assert_allclose(ds.labels[0], [[2, 0.5, 0.5, 0.1, 0.1]])
-    ds = LoadImagesAndLabels(str(img_dir), img_size=64, nc=2)  # nc decides validity: rescan
-    assert not ds.from_cache and ds.scan['dropped_rows'] == 2
+    with pytest.raises(DatasetError, match='class 2 but nc=2'):  # the cache keeps class ids >= nc ...
+        LoadImagesAndLabels(str(img_dir), img_size=64, nc=2)
+    assert LoadImagesAndLabels(str(img_dir), img_size=64, nc=4).from_cache  # ... so nc needs no rescan
 
 
 def test_cache_goes_elsewhere_when_labels_are_read_only(tmp_path, monkeypatch):
@@ -321,3 +322,129 @@ def test_coco128_counts_and_nothing_written_to_shared(tmp_path):
     assert sorted(p.name for p in (SHARED / 'datasets' / 'coco128' / 'labels').iterdir()) == before
     assert str(ds.cache_path).startswith(str(tmp_path))
     assert ds.batch_shapes.max() == 352 and (ds.batch_shapes % 32 == 0).all()
+
+
+# ---------------------------------------------------------------- class ids vs nc
+def _four_class_split(root, n=4):
+    """n images, image i has one box of every class 0..3 (plus class i+2 on image i for variety)."""
+    for i in range(n):
+        _image(root / 'images' / f'{i}.png', seed=i)
+        rows = [f'{c} {0.2 + 0.15 * c:.2f} 0.5 0.1 0.1' for c in range(4)] + [f'{i + 2} 0.5 0.2 0.1 0.1']
+        _label(root / 'labels' / f'{i}.txt', '\n'.join(rows) + '\n')
+    return root / 'images'
+
+
+@pytest.mark.parametrize('nc', [1, 6])
+def test_single_cls_keeps_every_box_as_class_0(tmp_path, nc):
+    img_dir = _four_class_split(tmp_path / 'd')
+    _, ds = create_dataloader(str(img_dir), 64, 2, 32, workers=0, single_cls=True, nc=nc)  # trainer/val pass nc=1
+    assert [len(lb) for lb in ds.labels] == [5] * 4 and ds.scan['dropped_rows'] == 0
+    assert all((lb[:, 0] == 0).all() for lb in ds.labels)
+
+
+def test_too_few_classes_in_yaml_stops_with_one_line(tmp_path):
+    img_dir = _four_class_split(tmp_path / 'd')  # classes 0..5
+    with pytest.raises(DatasetError) as e:
+        create_dataloader(str(img_dir), 64, 2, 32, hyp=HYP, augment=True, workers=0, nc=3, prefix='train: ')
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith('train: ')
+    assert 'class 5 but nc=3' in msg and str(tmp_path / 'd' / 'labels' / '0.txt') in msg and 'set nc/names' in msg
+    _, ds = create_dataloader(str(img_dir), 64, 2, 32, workers=0, nc=6)  # enough classes: every box kept
+    assert sum(len(lb) for lb in ds.labels) == 20 and ds.scan['dropped_rows'] == 0
+
+
+# ---------------------------------------------------------------- --cache disk files
+def test_disk_cache_write_is_atomic(tmp_path, monkeypatch):
+    img_dir = _good_split(tmp_path / 'd', n=2)
+    real_save = np.save
+
+    def interrupted_save(f, arr, *args, **kwargs):  # writes part of the file, then dies
+        with open(f, 'wb') if isinstance(f, (str, Path)) else open(f.fileno(), 'wb', closefd=False) as out:
+            out.write(b'\x93NUMPY partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(np, 'save', interrupted_save)
+    LoadImagesAndLabels(str(img_dir), img_size=64, cache_images='disk')
+    assert sorted(p.name for p in img_dir.iterdir()) == ['0.png', '1.png']  # no truncated .npy, no temp file
+    monkeypatch.setattr(np, 'save', real_save)
+    LoadImagesAndLabels(str(img_dir), img_size=64, cache_images='disk')
+    assert len(list(img_dir.glob('*.npy'))) == 2
+
+
+def test_truncated_npy_is_rebuilt_not_fatal(tmp_path, caplog):
+    img_dir = _good_split(tmp_path / 'd', n=3, w=80, h=40)
+    base = LoadImagesAndLabels(str(img_dir), img_size=64)
+    LoadImagesAndLabels(str(img_dir), img_size=64, cache_images='disk')
+    npy = img_dir / '1.npy'
+    full = npy.read_bytes()
+    npy.write_bytes(full[:200])  # an interrupted write of an older version; newer than the image
+    with caplog.at_level(logging.WARNING, logger='yolov5'):
+        ds = LoadImagesAndLabels(str(img_dir), img_size=64, cache_images='disk')
+    assert '1.npy' in caplog.text and npy.read_bytes() == full
+    assert torch.equal(ds[1][0], base[1][0])
+    np.save(img_dir / '2.npy', np.zeros((5, 5, 3), np.uint8))  # wrong shape (e.g. another image's name twin)
+    ds = LoadImagesAndLabels(str(img_dir), img_size=64, cache_images='disk')
+    assert torch.equal(ds[2][0], base[2][0])
+    npy.write_bytes(full[:100])  # goes bad while training: the sample still loads and the file is rewritten
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='yolov5'):
+        assert torch.equal(ds[1][0], base[1][0])
+    assert 'bad --cache disk file' in caplog.text and npy.read_bytes() == full
+
+
+# ---------------------------------------------------------------- YAML errors
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    y = tmp_path / 'x.yaml'
+    y.write_text('path: .\ntrain: [images/train\nval: images/val\nnames: [a]\n')
+    with pytest.raises(DatasetError) as e:
+        check_dataset(y)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith(f'{y} is not valid YAML (line 3): ') and msg.endswith('fix the file')
+
+
+def test_yaml_python_tag_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / 'PWNED'
+    y = tmp_path / 'x.yaml'
+    y.write_text(f'path: .\ntrain: a\nval: a\nnames: [a]\n'
+                 f'x: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(DatasetError) as e:
+        check_dataset(y)
+    msg = str(e.value)
+    assert '\n' not in msg and '(line 5)' in msg and 'tag !!python/object/apply:os.system is refused' in msg
+    assert not marker.exists()
+
+
+def test_bundled_coco_yaml_points_beside_the_repo():
+    """data/coco.yaml finds COCO in <repo>/../datasets/coco (YOLOv5's layout), as README says."""
+    root = Path(__file__).resolve().parents[1]
+    expected = root.parent / 'datasets' / 'coco'
+    try:
+        assert check_dataset('coco.yaml')['path'] == str(expected.resolve())
+    except FileNotFoundError as e:
+        assert f'(dataset root {expected.resolve()})' in str(e)
+
+
+# ---------------------------------------------------------------- scan in processes
+def test_scan_in_processes_matches_in_process(tmp_path, monkeypatch):
+    n = 2 * label_cache.MIN_FILES_FOR_PROCESSES
+    im_files, lb_files = [], []
+    for i in range(n):
+        im = tmp_path / 'images' / f'{i}.png'
+        _image(im, 16, 12, seed=i)
+        im_files.append(str(im))
+        lb_files.append(str(tmp_path / 'labels' / f'{i}.txt'))
+        if i % 7:  # some images without labels, some with a bad row
+            _label(Path(lb_files[-1]), f'{i % 5} 0.5 0.5 0.2 0.2\n' + ('1 2 3\n' if i % 3 == 0 else ''))
+    (tmp_path / 'images' / '5.png').write_bytes(b'corrupt')
+    pools = []
+    real_pool = label_cache.ProcessPoolExecutor
+    monkeypatch.setattr(label_cache, 'NUM_THREADS', 2)
+    monkeypatch.setattr(label_cache, 'ProcessPoolExecutor', lambda *a, **k: pools.append(1) or real_pool(*a, **k))
+    in_processes = label_cache.scan_files(im_files, lb_files)
+    assert pools == [1]
+    monkeypatch.setattr(label_cache, 'MIN_FILES_FOR_PROCESSES', n + 1)
+    in_process = label_cache.scan_files(im_files, lb_files)
+    assert pools == [1]
+    key = lambda r: (r.im_file, r.status, r.labels.tobytes(), r.shape, r.dropped_rows, r.message)
+    assert [key(r) for r in in_processes] == [key(r) for r in in_process]
+    assert {r.status for r in in_process} == {'found', 'missing', 'corrupt'}

@@ -22,16 +22,40 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils.augment import (augment_hsv, copy_paste_boxes, letterbox, mixup, mosaic4, random_flips,
                            random_perspective, xywhn2xyxy, xyxy2xywhn)
-from utils.label_cache import (NUM_THREADS, DatasetError, img2label_paths, list_image_files, report,
-                               scan_with_cache, summarize, user_cache_dir, writable_dir)
+from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, img2label_paths, list_image_files,
+                               report, scan_with_cache, summarize, user_cache_dir, writable_dir,
+                               write_atomically)
 
 LOGGER = logging.getLogger('yolov5')
 ROOT = Path(__file__).resolve().parents[1]
 PIN_MEMORY = torch.cuda.is_available()  # pinning needs an accelerator; on CPU it only warns
 MAX_LOAD_RETRIES = 10
+YAML_TAG_PREFIX = 'tag:yaml.org,2002:'  # how PyYAML spells the `!!` shorthand in its messages
 
 
 # ================================================================ dataset YAML
+def _yaml_error_reason(e):
+    """Short reason for a PyYAML error; a refused tag (e.g. !!python/object/apply) is named as such."""
+    problem = str(getattr(e, 'problem', '') or e).strip()
+    if isinstance(e, yaml.constructor.ConstructorError) and 'for the tag' in problem:
+        tag = problem.split('for the tag', 1)[1].strip(" '").replace(YAML_TAG_PREFIX, '!!')
+        return f'tag {tag} is refused (a dataset YAML holds plain data only; nothing in it is run)'
+    context = getattr(e, 'context', None)
+    return f'{problem} ({context})' if context else problem
+
+
+def _load_yaml_file(p):
+    """Plain data from a YAML file (yaml.safe_load), or DatasetError in one line saying where it is wrong."""
+    try:
+        return yaml.safe_load(p.read_text(encoding='utf-8'))
+    except UnicodeDecodeError:
+        raise DatasetError(f'{p} is not valid YAML: not UTF-8 text; fix the file') from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
+        line = f' (line {mark.line + 1})' if mark is not None else ''
+        raise DatasetError(f'{p} is not valid YAML{line}: {_yaml_error_reason(e)}; fix the file') from None
+
+
 def _read_data_yaml(data):
     """(dict, folder that relative paths start from) for a YAML path or an already-loaded dict."""
     if isinstance(data, dict):
@@ -43,10 +67,7 @@ def _read_data_yaml(data):
         p = ROOT / 'data' / p  # `--data coco128.yaml` finds the bundled YAML, as in YOLOv5
     if not p.is_file():
         raise FileNotFoundError(f'Dataset YAML {data} not found')
-    try:
-        d = yaml.safe_load(p.read_text(encoding='utf-8'))
-    except yaml.YAMLError as e:
-        raise DatasetError(f'{p} is not valid YAML: {e}') from None
+    d = _load_yaml_file(p)
     if not isinstance(d, dict):
         raise DatasetError(f'{p} must be a mapping with path/train/val/nc/names keys')
     d['yaml_file'] = str(p.resolve())
@@ -146,6 +167,20 @@ class ImageLoadError(OSError):
         self.index = index
 
 
+def _save_npy(npy, im):
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(npy, lambda f: np.save(f, im))
+
+
+def _npy_holds_image(npy, hw):
+    """True when `npy` is a complete uint8 BGR image of (h, w) `hw`; reads only the header (memory map)."""
+    try:
+        im = np.load(npy, mmap_mode='r', allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # truncated, empty or not a .npy at all
+        return False
+    return im.dtype == np.uint8 and im.shape == (*hw, 3)
+
+
 def _npy_path(im_file):
     """Where `--cache disk` keeps a decoded image: beside it, or in the user cache when read-only."""
     p = Path(im_file)
@@ -193,7 +228,7 @@ class LoadImagesAndLabels(Dataset):
         p = Path(path) if isinstance(path, (str, Path)) else None
         cache_path = p.with_suffix('.cache') if p is not None and p.is_file() else \
             Path(label_files[0]).parent.with_suffix('.cache')
-        records, self.from_cache, self.cache_path = scan_with_cache(im_files, label_files, cache_path, nc)
+        records, self.from_cache, self.cache_path = scan_with_cache(im_files, label_files, cache_path)
         self.scan = summarize(records)
         report(self.scan, path, self.prefix, self.from_cache)
         kept = [r for r in records if r.status != 'corrupt']
@@ -207,9 +242,11 @@ class LoadImagesAndLabels(Dataset):
         self.label_files = img2label_paths(self.im_files)
         self.labels = [r.labels.copy() for r in kept]
         self.shapes = np.array([r.shape for r in kept], np.float64).reshape(-1, 2)  # (w, h)
-        if single_cls:
+        if single_cls:  # every class becomes 0; nc is not checked (callers pass nc=1 here)
             for lb in self.labels:
                 lb[:, 0] = 0
+        elif nc is not None:
+            check_class_ids(self.label_files, self.labels, nc, where=f'{self.prefix}{path}')
         self.n = len(kept)
 
     def _sort_for_rect(self, batch_size, pad):
@@ -232,14 +269,27 @@ class LoadImagesAndLabels(Dataset):
         self.batch_shapes = np.ceil(np.array(shapes) * self.img_size / self.stride + pad).astype(int) * self.stride
 
     # ------------------------------------------------------------ images
-    def _read_image(self, i):
+    def _decode_image(self, i):
         f = self.im_files[i]
-        npy = self.npy_files[i]
-        if npy is not None and npy.exists():
-            return np.load(npy)
         im = cv2.imread(f, cv2.IMREAD_COLOR)  # grey / 1-channel PNG comes back as 3 channels
         if im is None:
             raise ImageLoadError(f'cannot decode {f}', i)
+        return im
+
+    def _read_image(self, i):
+        """The BGR image, from its --cache disk file when there; a file gone bad is rebuilt, not fatal."""
+        npy = self.npy_files[i]
+        if npy is None:
+            return self._decode_image(i)
+        try:
+            return np.load(npy, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            LOGGER.warning(f'{self.prefix}WARNING: bad --cache disk file {npy} ({e}); decoding the image again')
+        im = self._decode_image(i)
+        try:
+            _save_npy(npy, im)
+        except OSError:
+            self.npy_files[i] = None  # cannot rewrite it: decode this image every time
         return im
 
     def load_image(self, i):
@@ -276,15 +326,22 @@ class LoadImagesAndLabels(Dataset):
     def _cache_one_to_disk(self, i):
         npy = _npy_path(self.im_files[i])
         try:
-            stale = not npy.exists() or npy.stat().st_mtime < os.stat(self.im_files[i]).st_mtime
-            if stale:
-                im = self._read_image(i)
-                npy.parent.mkdir(parents=True, exist_ok=True)
-                np.save(npy, im)
+            if self._npy_needs_writing(npy, i):
+                _save_npy(npy, self._decode_image(i))
             self.npy_files[i] = npy
             return True
         except (ImageLoadError, OSError):
             return False
+
+    def _npy_needs_writing(self, npy, i):
+        """Missing, older than its image, or unreadable / wrong shape (e.g. an interrupted earlier run)."""
+        if not npy.exists() or npy.stat().st_mtime < os.stat(self.im_files[i]).st_mtime:
+            return True
+        w, h = self.shapes[i]
+        if _npy_holds_image(npy, (int(h), int(w))):
+            return False
+        LOGGER.warning(f'{self.prefix}WARNING: bad --cache disk file {npy} (truncated or wrong shape); rebuilding it')
+        return True
 
     def _ram_cache_fits(self):
         sample = [self.load_image(i)[0].nbytes for i in range(0, self.n, max(1, self.n // 30))]

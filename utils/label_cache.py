@@ -3,13 +3,16 @@
 Every image and label is checked once; the outcome is stored in a `.cache` file (plain numpy
 arrays, never pickles) keyed by the paths, sizes and modification times of all files, so a
 changed file re-triggers the scan. Bad images are dropped, bad label rows are dropped, and
-everything dropped is reported.
+everything dropped is reported. Class ids are kept as the files give them: whether they fit the
+dataset's `nc` is decided afterwards (`check_class_ids`), so the cache does not depend on nc.
 """
 import hashlib
 import logging
+import multiprocessing
 import os
+import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +22,9 @@ from PIL import Image
 LOGGER = logging.getLogger('yolov5')
 
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
-CACHE_VERSION = 'yolov5-distill-labels-1'
+CACHE_VERSION = 'yolov5-distill-labels-2'  # 2: class ids >= nc are kept (checked after the scan)
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
+MIN_FILES_FOR_PROCESSES = 100  # below this, starting worker processes costs more than it saves
 MIN_IMAGE_SIDE = 10  # pixels; smaller images are almost certainly broken
 SHOWN_MESSAGES = 10  # how many offending files the summary lists
 
@@ -125,8 +129,11 @@ def _row_to_box(values):
     return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
 
 
-def parse_label_row(tokens, nc):
-    """One label row -> [cls, xc, yc, w, h], or raise ValueError naming the reason it is dropped."""
+def parse_label_row(tokens, nc=None):
+    """One label row -> [cls, xc, yc, w, h], or raise ValueError naming the reason it is dropped.
+
+    With `nc`, a class id >= nc is also a reason; the dataset scan passes None and checks class ids
+    against nc for the whole dataset instead (a too-small nc is a YAML error, not a bad row)."""
     n = len(tokens)
     if not (n == 5 or (n >= 7 and (n - 1) % 2 == 0)):  # box, or polygon with >= 3 points
         raise ValueError('wrong number of columns')
@@ -147,7 +154,7 @@ def parse_label_row(tokens, nc):
     return [cls] + list(box)
 
 
-def read_labels(lb_file, nc):
+def read_labels(lb_file, nc=None):
     """Parse a label file -> (labels [n, 5] float32, {reason: [line numbers]} of dropped rows)."""
     text = Path(lb_file).read_text(encoding='utf-8')
     rows, problems, seen = [], {}, set()
@@ -177,7 +184,7 @@ def _describe_problems(problems):
     return '; '.join(parts)
 
 
-def verify_image_label(im_file, lb_file, nc=None):
+def verify_image_label(im_file, lb_file):
     """Check one image and its labels; never raises (every failure becomes a ScanRecord)."""
     try:
         shape = verify_image(im_file)
@@ -186,7 +193,7 @@ def verify_image_label(im_file, lb_file, nc=None):
     if not os.path.isfile(lb_file):
         return ScanRecord(im_file, 'missing', shape=shape)
     try:
-        labels, problems = read_labels(lb_file, nc)
+        labels, problems = read_labels(lb_file)
     except (OSError, UnicodeDecodeError) as e:
         return ScanRecord(im_file, 'corrupt', message=f'{lb_file}: unreadable label file ({e}); image dropped')
     dropped = sum(len(v) for v in problems.values())
@@ -195,16 +202,31 @@ def verify_image_label(im_file, lb_file, nc=None):
     return ScanRecord(im_file, status, labels, shape, dropped_rows=dropped, message=msg)
 
 
-def scan_files(im_files, label_files, nc=None):
-    """Verify all pairs in parallel threads (PIL and file I/O release the GIL); keeps the order."""
-    with ThreadPoolExecutor(NUM_THREADS) as pool:
-        return list(pool.map(verify_image_label, im_files, label_files, [nc] * len(im_files)))
+def _process_context():
+    """'fork' on Linux: workers start in milliseconds and need not re-import the calling script.
+    Elsewhere the platform default. None when this process may not have children (a daemon)."""
+    if multiprocessing.current_process().daemon:
+        return None
+    return multiprocessing.get_context('fork' if sys.platform.startswith('linux') else None)
+
+
+def scan_files(im_files, label_files):
+    """Verify all pairs, keeping the order. Decoding headers and parsing text is CPU-bound Python,
+    so large sets use worker processes (threads would share one GIL); small ones stay in-process."""
+    workers = min(NUM_THREADS, len(im_files) // MIN_FILES_FOR_PROCESSES)
+    ctx = _process_context() if workers > 1 else None
+    if ctx is None:
+        return list(map(verify_image_label, im_files, label_files))
+    Image.init()  # load PIL's format plugins once here rather than in every worker
+    chunksize = max(1, min(64, len(im_files) // (4 * workers)))
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(verify_image_label, im_files, label_files, chunksize=chunksize))
 
 
 # ---------------------------------------------------------------- cache
-def files_hash(paths, nc):
-    """Hash of the paths, sizes and modification times of all files, plus nc (it decides what is valid)."""
-    h = hashlib.sha256(f'{CACHE_VERSION}|nc={nc}'.encode())
+def files_hash(paths):
+    """Hash of the paths, sizes and modification times of all files."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -242,6 +264,20 @@ def cache_candidates(preferred):
     return [preferred, user_cache_dir() / 'labels' / f'{preferred.stem}-{tag}.cache']
 
 
+def write_atomically(path, write):
+    """Call `write(file object)` on a temporary file beside `path`, then rename it over `path`:
+    an interrupted write never leaves a truncated file where a later run would read it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_cache(path, records, hash_):
     """Write the scan results as plain arrays (loadable with allow_pickle=False), atomically."""
     lengths = np.array([len(r.labels) for r in records], np.int64)
@@ -254,16 +290,8 @@ def save_cache(path, records, hash_):
         dropped=np.array([r.dropped_rows for r in records], np.int64),
         lengths=lengths,
         labels=np.concatenate([r.labels for r in records]) if records else np.zeros((0, 5), np.float32))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def load_cache(path, hash_):
@@ -293,19 +321,38 @@ def _try_save(paths, records, hash_):
     return None
 
 
-def scan_with_cache(im_files, label_files, cache_path, nc=None):
+def scan_with_cache(im_files, label_files, cache_path):
     """Records for all images, from the cache when valid, else scanned and cached.
 
     Returns (records, from_cache, cache path or None when no cache could be written).
     """
-    hash_ = files_hash(list(im_files) + list(label_files), nc)
+    hash_ = files_hash(list(im_files) + list(label_files))
     paths = cache_candidates(cache_path)
     for p in paths:
         records = load_cache(p, hash_)
         if records is not None and len(records) == len(im_files):
             return records, True, p
-    records = scan_files(im_files, label_files, nc)
+    records = scan_files(im_files, label_files)
     return records, False, _try_save(paths, records, hash_)
+
+
+# ---------------------------------------------------------------- class ids
+def _short_file_list(files, shown=3):
+    """'/abs/dir/a.txt, b.txt, c.txt, ... (12 files)': the first in full, the others by name."""
+    names = [str(files[0])] + [Path(f).name for f in files[1:shown]]
+    more = f', ... ({len(files)} files)' if len(files) > shown else ''
+    return ', '.join(names) + more
+
+
+def check_class_ids(label_files, labels, nc, where):
+    """Raise DatasetError when any label class id is >= nc: training on the rest would silently
+    lose those objects (YOLOv5 stops too). `labels` are [n, 5] arrays parallel to `label_files`."""
+    bad = [(f, int(lb[:, 0].max())) for f, lb in zip(label_files, labels) if len(lb) and lb[:, 0].max() >= nc]
+    if bad:
+        top = max(c for _, c in bad)
+        files = _short_file_list([f for f, _ in bad])
+        raise DatasetError(f'{where}: labels have class {top} but nc={nc}: {files}; '
+                           f'set nc/names in the dataset YAML to cover every class id (0..{top})')
 
 
 # ---------------------------------------------------------------- report
