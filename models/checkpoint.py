@@ -9,6 +9,7 @@ import os
 import pickle
 import tempfile
 import types
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,7 +32,34 @@ class UnsafeCheckpointError(CheckpointError):
 # ---------------------------------------------------------------------------------------------
 # Restricted unpickling of official YOLOv5 checkpoints
 # ---------------------------------------------------------------------------------------------
-class ModuleRecord:
+# Why nothing a pickle touches can outlive its load: besides calling what find_class returns
+# (REDUCE, NEWOBJ, OBJ, INST), pickle's BUILD sets attributes on any object on its stack and
+# SETITEM/APPENDS/ADDITEMS call methods on it. Handing out the real torch._utils functions let a
+# crafted file set e.g. `_rebuild_tensor_v2.__defaults__ = ({'neg': True},)`, which negates every
+# tensor loaded afterwards in the process (torch's own weights_only loader included). So
+# find_class never returns a shared object: per unpickler it returns
+#   - frozen wrappers (`_FrozenCallable`) around the few functions/types a checkpoint calls:
+#     no __dict__, no settable slot, and __setstate__ refuses, so BUILD cannot change them;
+#   - record classes created for this unpickler only, whose metaclass refuses attribute writes
+#     (BUILD on the class itself already fails: its __setstate__ needs an instance).
+# Storage types are resolved by torch.load's own wrapper before find_class: it returns a fresh
+# torch.serialization.StorageType instance per reference, so those are per-load as well.
+def _refuse_change(what):
+    raise UnsafeCheckpointError(f'checkpoint refused: its pickle tries to modify {what} (nothing '
+                                'from the file was run; use a checkpoint saved by YOLOv5 or this project)')
+
+
+class _FrozenRecordType(type):
+    """Metaclass of the record classes: a class is never changed after it is made."""
+
+    def __setattr__(cls, name, value):
+        _refuse_change(f'the class {cls.source}')
+
+    def __delattr__(cls, name):
+        _refuse_change(f'the class {cls.source}')
+
+
+class ModuleRecord(metaclass=_FrozenRecordType):
     """Inert stand-in for a pickled nn.Module: keeps its pickled __dict__, runs nothing."""
 
     source = '?'  # dotted name of the class the pickle asked for
@@ -44,7 +72,7 @@ class ModuleRecord:
         return f'ModuleRecord({self.source})'
 
 
-class OpaqueValue:
+class OpaqueValue(metaclass=_FrozenRecordType):
     """Inert stand-in for harmless non-tensor values (numpy scalars/arrays, paths) in metadata."""
 
     source = '?'
@@ -59,46 +87,84 @@ class OpaqueValue:
         return f'OpaqueValue({self.source})'
 
 
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """torch._utils._rebuild_tensor_v2 without the file's backward hooks (callables that would run
+    in a later backward pass; torch.save always writes an empty OrderedDict there)."""
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+                                           collections.OrderedDict(), metadata)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    """torch._utils._rebuild_parameter without the file's backward hooks (see _rebuild_tensor)."""
+    return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
+
+
+class _FrozenCallable:
+    """What find_class hands out for a whitelisted function or container type: calling it calls
+    the target; nothing about it can be changed by the pickle (see the comment above)."""
+
+    __slots__ = ('_target', '_name')
+
+    def __init__(self, target, name):
+        object.__setattr__(self, '_target', target)
+        object.__setattr__(self, '_name', name)
+
+    def __call__(self, *args):
+        return self._target(*args)
+
+    def __setstate__(self, state):
+        _refuse_change(self._name)
+
+    def __setattr__(self, name, value):
+        _refuse_change(self._name)
+
+    def __delattr__(self, name):
+        _refuse_change(self._name)
+
+    def __repr__(self):
+        return f'_FrozenCallable({self._name})'
+
+
 YOLOV5_CLASSES = {
     'models.yolo': {'Model', 'DetectionModel', 'BaseModel', 'Detect'},
     'models.common': {'Conv', 'DWConv', 'Bottleneck', 'BottleneckCSP', 'C3', 'SPP', 'SPPF',
                       'Focus', 'Concat'},
 }
-SAFE_CALLABLES = {
+SAFE_CALLABLES = {  # (module, name) in the pickle -> what the wrapper handed out for it calls
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('builtins', 'set'): set,
     ('__builtin__', 'set'): set,  # protocol-2 pickles spell builtins this way
-    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
 }
 OPAQUE_GLOBALS = {
     ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
     ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
     ('numpy', 'ndarray'), ('numpy', 'dtype'), ('pathlib', 'PosixPath'), ('pathlib', 'WindowsPath'),
 }
-_record_classes = {}
-
-
-def _record_class(base, module, name):
-    """One subclass per pickled class name, so records remember what they stand for."""
-    key = (base, module, name)
-    if key not in _record_classes:
-        _record_classes[key] = type(name, (base,), {'source': f'{module}.{name}'})
-    return _record_classes[key]
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose find_class only hands out whitelisted, inert objects."""
+    """Unpickler whose find_class only hands out inert objects made for this unpickler alone."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._made = {}  # (module, name) -> what find_class returned; one object per global
 
     def find_class(self, module, name):
-        if module in YOLOV5_CLASSES and name in YOLOV5_CLASSES[module]:
-            return _record_class(ModuleRecord, module, name)
-        if module.startswith('torch.nn.modules.'):
-            return _record_class(ModuleRecord, module, name)
+        key = (module, name)
+        if key not in self._made:
+            self._made[key] = self._inert_global(module, name)
+        return self._made[key]
+
+    @staticmethod
+    def _inert_global(module, name):
+        if (module in YOLOV5_CLASSES and name in YOLOV5_CLASSES[module]) or module.startswith('torch.nn.modules.'):
+            return _FrozenRecordType(name, (ModuleRecord,), {'source': f'{module}.{name}'})
         if (module, name) in SAFE_CALLABLES:
-            return SAFE_CALLABLES[(module, name)]
+            return _FrozenCallable(SAFE_CALLABLES[(module, name)], f'{module}.{name}')
         if (module, name) in OPAQUE_GLOBALS:
-            return _record_class(OpaqueValue, module, name)
+            return _FrozenRecordType(name, (OpaqueValue,), {'source': f'{module}.{name}'})
         raise UnsafeCheckpointError(
             f"checkpoint refused: it references the global '{_display_name(module, name)}', which is "
             f'not on the whitelist of what a YOLOv5 checkpoint needs (nothing from the file was run)')
@@ -237,13 +303,58 @@ def save_checkpoint(path, ckpt):
     return path
 
 
+EXPORT_SUFFIXES = ('.onnx', '.engine', '.tflite', '.pb', '.mlmodel', '.xml', '.bin')  # not zips
+ZIP_MAGIC = b'PK\x03\x04'
+USE_A_CHECKPOINT = 'pass a .pt file saved by YOLOv5 v6.0+ or by this project'
+
+
+def _first_line(e, limit=200):
+    """Torch's error texts run over several lines; a user error is reported on one."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f'{type(e).__name__}: {text[:limit]}'
+
+
+def _dir_hint(path):
+    """For a run folder passed as --weights, name the checkpoint inside it."""
+    for candidate in (path / 'weights' / 'best.pt', path / 'best.pt', *sorted(path.glob('*.pt'))[:1]):
+        if candidate.is_file():
+            return f'pass the checkpoint inside it, e.g. {candidate}'
+    return USE_A_CHECKPOINT
+
+
 def _check_file(path):
+    """Refuse, with the fix, whatever is not a torch.save zip archive before torch reads a byte."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path} (this project never downloads '
                                 'weights; pass the path of a local .pt file)')
+    if path.is_dir():
+        raise CheckpointError(f'{path} is a directory, not a checkpoint file: {_dir_hint(path)}')
     if not path.is_file():
-        raise CheckpointError(f'{path} is not a file')
+        raise CheckpointError(f'{path} is not a regular file: {USE_A_CHECKPOINT}')
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(len(ZIP_MAGIC))
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else None
+    except OSError as e:
+        raise CheckpointError(f'{path} cannot be read ({e.strerror or e}): check its permissions') from e
+    if not head:
+        raise CheckpointError(f'{path} is empty (0 bytes): it was not written completely; copy it '
+                              'again or use another checkpoint (e.g. the run\'s last.pt)')
+    if head != ZIP_MAGIC and path.suffix.lower() in EXPORT_SUFFIXES:
+        raise CheckpointError(f'{path} is an exported model ({path.suffix}), not a checkpoint: pass the '
+                              '.pt file it was exported from')
+    if head != ZIP_MAGIC:  # torch.save writes zip archives since torch 1.6 (YOLOv5 v6.0+ needs 1.7)
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint (not a torch.save zip archive): '
+                              f'{USE_A_CHECKPOINT}')
+    if names is None:
+        raise CheckpointError(f'{path} is truncated or corrupt (its zip directory is missing, the copy '
+                              'or download was cut short): copy it again or use another checkpoint')
+    if any(n.endswith('/constants.pkl') for n in names):
+        raise CheckpointError(f'{path} is a TorchScript export, not a checkpoint: pass the .pt file it '
+                              'was exported from')
+    if not any(n.endswith('/data.pkl') for n in names):
+        raise CheckpointError(f'{path} is a zip archive but not a PyTorch checkpoint: {USE_A_CHECKPOINT}')
     return path
 
 
@@ -252,23 +363,24 @@ def load_checkpoint(path):
     path = _check_file(path)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        ckpt = None  # holds globals weights_only refuses: maybe an official YOLOv5 pickle
-    except Exception as e:
-        raise _not_a_checkpoint(path, e) from e
-    if ckpt is None:
+    except pickle.UnpicklingError:  # holds globals weights_only refuses: maybe an official YOLOv5 pickle
         ckpt = _load_official(path)
+    except Exception as e:
+        raise CheckpointError(f'{path} is corrupt (torch cannot read it: {_first_line(e)}): copy it '
+                              'again or use another checkpoint') from e
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f'{path} does not hold a checkpoint dict (got {type(ckpt).__name__})')
+        raise CheckpointError(f'{path} does not hold a checkpoint dict (got {type(ckpt).__name__}): '
+                              f'{USE_A_CHECKPOINT}')
     if ckpt.get('format') == FORMAT:
         return _check_own(ckpt, path)
     if isinstance(ckpt.get('model'), ModuleRecord) or isinstance(ckpt.get('ema'), ModuleRecord):
         try:
             return convert_official(ckpt, path)
         except (AttributeError, TypeError, KeyError, ValueError, RecursionError) as e:
-            raise CheckpointError(f'{path}: malformed YOLOv5 checkpoint ({type(e).__name__}: {e})') from e
+            raise CheckpointError(f'{path}: malformed YOLOv5 checkpoint ({_first_line(e)})') from e
     raise CheckpointError(f'{path} is neither a {FORMAT} checkpoint nor a YOLOv5 checkpoint '
-                          f'(top-level keys: {sorted(map(str, ckpt))[:10]})')
+                          f'(top-level keys: {sorted(map(str, ckpt))[:10]}; a bare state_dict lacks '
+                          f'the model config): {USE_A_CHECKPOINT}')
 
 
 def _load_official(path):
@@ -278,22 +390,22 @@ def _load_official(path):
     except CheckpointError:
         raise
     except Exception as e:
-        raise _not_a_checkpoint(path, e) from e
-
-
-def _not_a_checkpoint(path, e):
-    return CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor '
-                           f'a readable pickle: {type(e).__name__}: {e})')
+        raise CheckpointError(f'{path} is not a readable YOLOv5 checkpoint: its pickle failed '
+                              f'({_first_line(e)}); nothing from it was run. {USE_A_CHECKPOINT}') from e
 
 
 def _check_own(ckpt, path):
     version = ckpt.get('version')
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise CheckpointError(f'{path}: {FORMAT} checkpoint without a format version (corrupt): '
+                              'use another checkpoint')
+    if version > FORMAT_VERSION:
         raise CheckpointError(f'{path}: {FORMAT} checkpoint version {version} is newer than this '
-                              f'code supports ({FORMAT_VERSION})')
+                              f'code supports ({FORMAT_VERSION}): update this project')
     for key in ('model_yaml', 'model'):
         if not isinstance(ckpt.get(key), dict):
-            raise CheckpointError(f'{path}: {FORMAT} checkpoint lacks "{key}"')
+            raise CheckpointError(f'{path}: {FORMAT} checkpoint lacks "{key}" (corrupt): use another '
+                                  'checkpoint')
     return ckpt
 
 
@@ -313,19 +425,29 @@ def _is_fused_state_dict(sd):
     return any(k.endswith('.conv.bias') for k in sd) and not any('.bn.' in k for k in sd)
 
 
-def build_from_checkpoint(ckpt, nc=None):
+def build_from_checkpoint(ckpt, nc=None, source='checkpoint'):
     """Build our Model from an own-format dict; with a different nc, transfer matching weights.
 
-    Returns (model, (transferred, total)) where the pair counts state-dict entries.
+    Returns (model, (transferred, total)) where the pair counts state-dict entries; `source`
+    (the file) names the checkpoint in error messages.
     """
     cfg, sd = ckpt['model_yaml'], ckpt['model']
-    model = Model(cfg, ch=cfg.get('ch', 3), nc=nc)
+    try:
+        model = Model(cfg, ch=cfg.get('ch', 3), nc=nc)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        # The config is data from the file (even its size may be absurd): a bad file, not a bug here.
+        raise CheckpointError(f'{source}: its model config cannot be built ({_first_line(e, 400)}); '
+                              'the file is corrupt or was not written by YOLOv5 or this project') from e
     if model.nc == int(cfg['nc']):
         if _is_fused_state_dict(sd):
             model.fuse()
-        result = model.load_state_dict(sd, strict=False)
+        try:
+            result = model.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f'{source}: its weights do not fit its model config '
+                                  f'({_first_line(e)}); the file is corrupt') from e
         if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(f'checkpoint weights do not fit its model config: missing '
+            raise CheckpointError(f'{source}: checkpoint weights do not fit its model config: missing '
                                   f'{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}')
         model.names = _names_list(ckpt.get('names'), model.nc)
         return model, (len(sd), len(sd))
@@ -358,7 +480,7 @@ def load_model(weights_or_cfg, device='cpu', nc=None, fuse=False):
         meta = {'source': 'yaml', 'epoch': -1, 'date': None, 'transferred': None, 'imgsz': None}
     else:
         ckpt = load_checkpoint(weights_or_cfg)
-        model, transferred = build_from_checkpoint(ckpt, nc=nc)
+        model, transferred = build_from_checkpoint(ckpt, nc=nc, source=weights_or_cfg)
         meta = {'source': ckpt.get('source', FORMAT), 'epoch': ckpt.get('epoch', -1),
                 'date': ckpt.get('date'), 'transferred': transferred,
                 'imgsz': (ckpt.get('opt') or {}).get('imgsz')}  # the size it was trained at, if known

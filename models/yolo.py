@@ -147,23 +147,40 @@ def _check_from(f, i, row_count):
                              f'index, model has {row_count} layers)')
 
 
-def parse_model(d, ch):
-    """Build nn.Sequential from a YOLOv5 model dict; return (model, sorted indices to keep)."""
-    nc, gd, gw, anchors = d['nc'], d['depth_multiple'], d['width_multiple'], d['anchors']
+def _positive_number(d, key):
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        raise ValueError(f"model config {d.get('yaml_file', '<dict>')}: {key} must be a positive "
+                         f'number, got {v!r}')
+    return v
+
+
+def _layer_specs(d, ch):
+    """Walk the YAML rows resolving repeats and channels, without building anything.
+
+    Yields (i, f, m, args, n, n_): layer index, from, module class, constructor args, modules in
+    the layer's Sequential and the depth-scaled repeat count YOLOv5 prints.
+    """
+    nc, anchors = d['nc'], d['anchors']
+    gd, gw = _positive_number(d, 'depth_multiple'), _positive_number(d, 'width_multiple')
     na = len(anchors[0]) // 2 if isinstance(anchors, (list, tuple)) else int(anchors)
     no = na * (nc + 5)
     rows = list(d['backbone']) + list(d['head'])
-    layers, save, c2 = [], [], ch[-1]
+    c2 = ch[-1]
     for i, row in enumerate(rows):
         if not isinstance(row, (list, tuple)) or len(row) != 4:
             raise ValueError(f'layer {i}: expected [from, number, module, args], got {row}')
         f, n, name, args = row
         _check_from(f, i, len(rows))
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f'layer {i}: "number" must be a positive integer, got {n!r}')
         m = _module_class(name, i)
         args = [_resolve_arg(a, nc, anchors) for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n  # depth scaling
         if m in CHANNEL_MODULES:
             c1, c2 = ch[f], args[0]
+            if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
+                raise ValueError(f'layer {i}: output channels must be a positive integer, got {c2!r}')
             if c2 != no:  # width scaling, except for an explicit output conv
                 c2 = make_divisible(c2 * gw, 8)
             args = [c1, c2, *args[1:]]
@@ -178,6 +195,83 @@ def parse_model(d, ch):
                 args[1] = [list(range(args[1] * 2))] * len(f)
         else:
             c2 = ch[f]
+        yield i, f, m, args, n, n_
+        if i == 0:
+            ch = []
+        ch.append(c2)
+
+
+# A model YAML is data: a typo such as `width_multiple: 64` must not allocate hundreds of GB.
+# Generous limits, so that every official variant and any sensible experiment builds: ~7x the
+# parameters of the largest YOLOv5 (yolov5x6, 141 M) and ~12x the convolutions of yolov5x (126).
+MAX_MODEL_PARAMS = 1_000_000_000
+MAX_MODEL_CONVS = 1500
+OFFICIAL_RANGES = {'width_multiple': 1.25, 'depth_multiple': 1.33}  # yolov5x
+
+
+class ModelSizeError(ValueError):
+    """A model config asking for a model far larger than any YOLOv5 (refused before allocating)."""
+
+
+def _conv_cost(c1, c2, k=1, g=1):
+    """(parameters, convolutions) of a YOLOv5 Conv: bias-free Conv2d + BatchNorm weight and bias."""
+    k = k if isinstance(k, int) else 1
+    g = g if isinstance(g, int) and g > 0 else 1
+    return c1 // g * c2 * k * k + 2 * c2, 1
+
+
+def _module_cost(m, args):
+    """(parameters, convolutions) of one module built with args, from arithmetic alone."""
+    def arg(j, default):
+        return args[j] if len(args) > j else default
+
+    if m is Conv:
+        return _conv_cost(args[0], args[1], arg(2, 1), arg(5, 1))
+    if m in (Bottleneck, C3):
+        c1, c2 = args[:2]
+        e, g = (arg(4, 0.5), arg(3, 1)) if m is Bottleneck else (arg(5, 0.5), arg(4, 1))
+        c_ = int(c2 * e) if isinstance(e, (int, float)) else c2
+        if m is Bottleneck:
+            parts = [_conv_cost(c1, c_), _conv_cost(c_, c2, 3, g)]
+        else:
+            n = arg(2, 1)
+            parts = [_conv_cost(c1, c_), _conv_cost(c1, c_), _conv_cost(2 * c_, c2)]
+            parts += [(n * p, n * c) for p, c in (_conv_cost(c_, c_), _conv_cost(c_, c_, 3, g))]
+        return tuple(map(sum, zip(*parts)))
+    if m in (SPPF, SPP):
+        c1, c2 = args[:2]
+        branches = 4 if m is SPPF else len(arg(2, (5, 9, 13))) + 1
+        return tuple(map(sum, zip(_conv_cost(c1, c1 // 2), _conv_cost(c1 // 2 * branches, c2))))
+    if m is Detect:  # malformed anchors cost nothing here: Detect itself reports them
+        nc, anchors, chs = args[0], args[1], args[-1]
+        na = len(anchors[0]) // 2 if isinstance(anchors, list) and isinstance(anchors[0], list) else 0
+        return sum((c + 1) * (nc + 5) * na for c in chs), len(chs)
+    return 0, 0
+
+
+def check_model_size(d, ch):
+    """Raise ModelSizeError when the config asks for an absurd model; arithmetic only."""
+    params = convs = 0
+    for _, _, m, args, n, _ in _layer_specs(d, ch):
+        p, c = _module_cost(m, args)
+        params, convs = params + n * p, convs + n * c
+    if params <= MAX_MODEL_PARAMS and convs <= MAX_MODEL_CONVS:
+        return params
+    culprits = [f'{key} {d[key]}' for key, official in OFFICIAL_RANGES.items() if d[key] > official]
+    culprits += [f"nc {d['nc']}"] if isinstance(d['nc'], int) and d['nc'] > 1000 else []
+    asks = ' and '.join(culprits) + (' ask' if len(culprits) > 1 else ' asks') if culprits else 'its layers ask'
+    size = f'~{params / 1e9:.1f} billion parameters' if params > MAX_MODEL_PARAMS else f'{convs} convolutions'
+    limit = f'{MAX_MODEL_PARAMS / 1e9:.0f} billion' if params > MAX_MODEL_PARAMS else f'{MAX_MODEL_CONVS}'
+    raise ModelSizeError(f"{d.get('yaml_file', 'model config')}: {asks} for a model of {size} "
+                         f'(limit {limit}; the largest YOLOv5, yolov5x, has 87 M parameters and 126 '
+                         'convolutions): check the YAML')
+
+
+def parse_model(d, ch):
+    """Build nn.Sequential from a YOLOv5 model dict; return (model, sorted indices to keep)."""
+    check_model_size(d, ch)  # before anything is allocated
+    layers, save = [], []
+    for i, f, m, args, n, n_ in _layer_specs(d, ch):
         module = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
         module.i, module.f = i, f
         module.type = f'{m.__module__}.{m.__name__}'
@@ -185,9 +279,6 @@ def parse_model(d, ch):
         module.repeats, module.yaml_args = n_, args
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(module)
-        if i == 0:
-            ch = []
-        ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
 
 

@@ -1,7 +1,11 @@
 """Checkpoints: own format round trip, atomic save, refusal of unsafe pickles, official weights."""
+import collections
+import functools
 import hashlib
 import io
 import os
+import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -11,8 +15,9 @@ import torch
 from torch import nn
 
 import models.common
-from models.checkpoint import (CheckpointError, ModuleRecord, RestrictedUnpickler, UnsafeCheckpointError,
-                               load_checkpoint, load_model, model_checkpoint_fields, save_checkpoint)
+from models.checkpoint import (OPAQUE_GLOBALS, SAFE_CALLABLES, YOLOV5_CLASSES, CheckpointError, ModuleRecord,
+                               OpaqueValue, RestrictedUnpickler, UnsafeCheckpointError, load_checkpoint,
+                               load_model, model_checkpoint_fields, save_checkpoint)
 from models.yolo import Model
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
@@ -107,17 +112,28 @@ def test_pickle_calling_os_system_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@functools.lru_cache(maxsize=1)
+def _torch_zip_template():
+    template = io.BytesIO()
+    torch.save({'x': 1}, template)
+    return template.getvalue()
+
+
+def _torch_zip_with_pickle(path, payload):
+    """A torch.save zip archive whose data.pkl is the given hand-written pickle."""
+    template = io.BytesIO(_torch_zip_template())
+    with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, payload if name.endswith('data.pkl') else src.read(name))
+    return path
+
+
 def test_hand_written_global_is_named_in_the_error(tmp_path):
     marker = tmp_path / 'pwned_marker'
     # Protocol-2 pickle: GLOBAL 'os system', the command string, TUPLE1, REDUCE, STOP.
     cmd = f'touch {marker}'.encode()
     payload = b'\x80\x02cos\nsystem\nX' + len(cmd).to_bytes(4, 'little') + cmd + b'\x85R.'
-    template = io.BytesIO()
-    torch.save({'x': 1}, template)
-    path = tmp_path / 'evil.pt'
-    with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as dst:
-        for name in src.namelist():
-            dst.writestr(name, payload if name.endswith('data.pkl') else src.read(name))
+    path = _torch_zip_with_pickle(tmp_path / 'evil.pt', payload)
     with pytest.raises(UnsafeCheckpointError, match=r"'os\.system'"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -139,6 +155,131 @@ def test_unpickler_maps_yolov5_classes_to_inert_records():
         cls = unpickler.find_class(module, name)
         assert issubclass(cls, ModuleRecord) and cls.source == f'{module}.{name}'
     assert unpickler.find_class('models.common', 'Conv') is not models.common.Conv
+    # made per unpickler: a class one file sees is never the one another load gets
+    conv = unpickler.find_class('models.common', 'Conv')
+    assert unpickler.find_class('models.common', 'Conv') is conv  # one class per global within a load
+    assert RestrictedUnpickler(io.BytesIO(b'')).find_class('models.common', 'Conv') is not conv
+
+
+# --------------------------------------------------------------------------------------------
+# A crafted pickle must not change anything that outlives its own load
+# --------------------------------------------------------------------------------------------
+# Everything the restricted unpickler can hand to a pickle (torch's storage types are resolved
+# by torch.load itself and need no entry here).
+WHITELISTED_GLOBALS = sorted({*SAFE_CALLABLES, *OPAQUE_GLOBALS, ('torch.nn.modules.conv', 'Conv2d'),
+                              ('torch.nn.modules.batchnorm', 'BatchNorm2d'),
+                              *((m, n) for m, names in YOLOV5_CLASSES.items() for n in names)})
+REBUILD_FUNCTIONS = (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter)
+FUNCTION_ATTRS = ('__defaults__', '__kwdefaults__', '__qualname__', '__name__', '__module__', '__code__')
+
+
+def _op_global(module, name):
+    return pickle.GLOBAL + f'{module}\n{name}\n'.encode()
+
+
+def _op_value(value):
+    """Opcodes that push a plain value (a protocol-2 pickle without its PROTO and STOP)."""
+    return pickletools.optimize(pickle.dumps(value, protocol=2))[2:-1]
+
+
+# Writes a crafted file could try. Negative-bit defaults would negate every tensor loaded later
+# in the process; a changed __qualname__ makes torch.save fail; the others rewire records.
+ATTRIBUTE_WRITES = {
+    '__defaults__': _op_value(({'neg': True},)),
+    '__qualname__': _op_value('_rebuild_parameter'),
+    'source': _op_value('models.common.Pwned'),
+    '__setstate__': _op_global('collections', 'OrderedDict'),
+}
+
+
+def _attacks(module, name):
+    """Hand-assembled pickles that try to modify one whitelisted global: {label: data.pkl}."""
+    g = _op_global(module, name)
+    attacks = {}
+    for attr, value in ATTRIBUTE_WRITES.items():
+        slot_state = pickle.NONE + pickle.EMPTY_DICT + _op_value(attr) + value + pickle.SETITEM + pickle.TUPLE2
+        dict_state = pickle.EMPTY_DICT + _op_value(attr) + value + pickle.SETITEM
+        attacks[f'BUILD setattr {attr}'] = g + slot_state + pickle.BUILD  # (None, {attr: v}) -> setattr
+        attacks[f'BUILD __dict__ {attr}'] = g + dict_state + pickle.BUILD
+        attacks[f'SETITEM {attr}'] = g + _op_value(attr) + value + pickle.SETITEM
+        # An instance of it (REDUCE / NEWOBJ), then BUILD on the instance: must stay on the instance.
+        attacks[f'instance BUILD {attr}'] = g + pickle.EMPTY_TUPLE + pickle.REDUCE + slot_state + pickle.BUILD
+        attacks[f'NEWOBJ BUILD {attr}'] = g + pickle.EMPTY_TUPLE + pickle.NEWOBJ + slot_state + pickle.BUILD
+    attacks['APPENDS'] = g + pickle.MARK + _op_value('pwned') + pickle.APPENDS
+    attacks['ADDITEMS'] = g + pickle.MARK + _op_value('pwned') + pickle.ADDITEMS
+    return {label: pickle.PROTO + b'\x02' + ops + pickle.POP + pickle.EMPTY_DICT + pickle.STOP
+            for label, ops in attacks.items()}
+
+
+def _global_state():
+    """A snapshot of everything a crafted pickle might reach: torch's rebuild functions, the
+    container types, the record base classes and what a fresh unpickler hands out."""
+    state = {f.__name__: ({a: getattr(f, a) for a in FUNCTION_ATTRS}, dict(f.__dict__))
+             for f in REBUILD_FUNCTIONS}
+    for cls in (collections.OrderedDict, set, ModuleRecord, OpaqueValue):
+        state[cls.__name__] = dict(vars(cls))
+    unpickler = RestrictedUnpickler(io.BytesIO(b''))
+    for module, name in WHITELISTED_GLOBALS:
+        obj = unpickler.find_class(module, name)
+        attrs = {a: getattr(obj, a, None) for a in (*FUNCTION_ATTRS, 'source', '__setstate__')}
+        attrs['__setstate__'] = getattr(attrs['__setstate__'], '__func__', attrs['__setstate__'])
+        state[f'{module}.{name}'] = (type(obj), attrs, dict(getattr(obj, '__dict__', {})))
+    return state
+
+
+@pytest.fixture
+def restore_torch_rebuild_functions():
+    """Undo a successful attack after the test, so a regression fails one test, not the session."""
+    saved = [({a: getattr(f, a) for a in FUNCTION_ATTRS if a != '__code__'}, dict(f.__dict__))
+             for f in REBUILD_FUNCTIONS]
+    yield
+    for f, (attrs, attr_dict) in zip(REBUILD_FUNCTIONS, saved):
+        for a, v in attrs.items():
+            setattr(f, a, v)
+        f.__dict__.clear()
+        f.__dict__.update(attr_dict)
+
+
+def _run_attacks(tmp_path, module, name):
+    for label, payload in _attacks(module, name).items():
+        path = _torch_zip_with_pickle(tmp_path / f'attack_{module}.{name}.pt', payload)
+        with pytest.raises(CheckpointError):  # refused, or a harmless result that is no checkpoint
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize('module, name', WHITELISTED_GLOBALS)
+def test_crafted_pickle_cannot_modify_a_whitelisted_global(tmp_path, module, name,
+                                                           restore_torch_rebuild_functions):
+    before = _global_state()
+    _run_attacks(tmp_path, module, name)
+    after = _global_state()
+    assert after == before, [k for k in before if after[k] != before[k]]
+
+
+def test_refused_modification_names_the_target(tmp_path):
+    g = _op_global('torch._utils', '_rebuild_tensor_v2')
+    payload = (pickle.PROTO + b'\x02' + g + pickle.NONE + pickle.EMPTY_DICT + _op_value('__defaults__')
+               + ATTRIBUTE_WRITES['__defaults__'] + pickle.SETITEM + pickle.TUPLE2 + pickle.BUILD + pickle.STOP)
+    path = _torch_zip_with_pickle(tmp_path / 'evil.pt', payload)
+    with pytest.raises(UnsafeCheckpointError, match=r'modify torch\._utils\._rebuild_tensor_v2'):
+        load_checkpoint(path)
+
+
+def test_checkpoints_load_bit_identical_after_every_attack(tmp_path, restore_torch_rebuild_functions):
+    own = save_checkpoint(tmp_path / 'own.pt', model_checkpoint_fields(_small_model()))
+    files = [own, OFFICIAL] if OFFICIAL.is_file() else [own]
+    before = [load_checkpoint(f)['model'] for f in files]
+    for module, name in WHITELISTED_GLOBALS:
+        _run_attacks(tmp_path, module, name)
+    for f, sd in zip(files, before):
+        again = load_checkpoint(f)['model']
+        assert again.keys() == sd.keys()
+        assert all(torch.equal(again[k], v) and again[k].dtype == v.dtype and not again[k].is_neg()
+                   for k, v in sd.items()), f
+    # torch.save still works (a rebuild function with another __qualname__ cannot be pickled)
+    resaved = torch.load(save_checkpoint(tmp_path / 'resaved.pt', {'model_yaml': {}, 'model': before[0]}),
+                         weights_only=True)['model']
+    assert all(torch.equal(resaved[k], v) for k, v in before[0].items())
 
 
 def _save_like_ultralytics(path, model, ema=None):
@@ -194,6 +335,54 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match='neither'):
         load_model(tmp_path / 'state_dict.pt')
 
+
+def _one_line_error(exc_type, call):
+    with pytest.raises(exc_type) as info:
+        call()
+    assert '\n' not in str(info.value) and 'Traceback' not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.filterwarnings('ignore::FutureWarning')  # torch.jit is deprecated; exports still exist
+def test_unusable_files_get_one_line_errors_naming_file_and_fix(tmp_path):
+    good = save_checkpoint(tmp_path / 'good.pt', model_checkpoint_fields(_small_model()))
+    run = tmp_path / 'exp'
+    save_checkpoint(run / 'weights' / 'best.pt', model_checkpoint_fields(_small_model()))
+    msg = _one_line_error(CheckpointError, lambda: load_model(run))
+    assert 'is a directory' in msg and str(run / 'weights' / 'best.pt') in msg
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    assert 'is empty (0 bytes)' in _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'empty.pt'))
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10):
+        (tmp_path / 'cut.pt').write_bytes(data[:cut])
+        msg = _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'cut.pt'))
+        assert str(tmp_path / 'cut.pt') in msg and 'truncated or corrupt' in msg and 'copy it again' in msg
+    (tmp_path / 'best.onnx').write_bytes(b'\x08\x07\x12\x07pytorch' + bytes(100))
+    msg = _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'best.onnx'))
+    assert 'exported model (.onnx)' in msg and '.pt file it was exported from' in msg
+    torch.jit.save(torch.jit.script(nn.ReLU()), tmp_path / 'best.torchscript')
+    msg = _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'best.torchscript'))
+    assert 'TorchScript export' in msg
+    (tmp_path / 'labels.txt').write_text('0 0.5 0.5 0.1 0.1\n')
+    assert 'not a PyTorch checkpoint' in _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'labels.txt'))
+    with zipfile.ZipFile(tmp_path / 'data.zip', 'w') as z:
+        z.writestr('images/a.txt', 'x')
+    assert 'not a PyTorch checkpoint' in _one_line_error(CheckpointError, lambda: load_model(tmp_path / 'data.zip'))
+
+
+def test_checkpoint_whose_weights_or_config_do_not_fit_names_the_file(tmp_path):
+    fields = model_checkpoint_fields(_small_model())
+    fields['model']['model.0.conv.weight'] = torch.zeros(3, 3, 3, 3)
+    path = save_checkpoint(tmp_path / 'bad_shape.pt', fields)
+    msg = _one_line_error(CheckpointError, lambda: load_model(path))
+    assert msg.startswith(str(path)) and 'do not fit' in msg
+    fields = model_checkpoint_fields(_small_model())
+    fields['model_yaml'] = {**fields['model_yaml'], 'width_multiple': 64}
+    path = save_checkpoint(tmp_path / 'huge.pt', fields)
+    msg = _one_line_error(CheckpointError, lambda: load_model(path))
+    assert msg.startswith(str(path)) and 'width_multiple 64' in msg
+    path = save_checkpoint(tmp_path / 'no_version.pt', {**fields, 'version': None})
+    assert 'without a format version' in _one_line_error(CheckpointError, lambda: load_checkpoint(path))
 
 def test_load_model_from_yaml_name_and_new_class_count(tmp_path):
     model, meta = load_model('yolov5n.yaml', nc=2)

@@ -1,11 +1,13 @@
 """YOLOv5 architecture: sizes vs the published table, state-dict layout, forward contract, fuse."""
 import math
+import time
 
 import pytest
 import torch
+import yaml
 
 from models.common import Conv
-from models.yolo import Model, load_model_yaml, model_summary
+from models.yolo import Model, ModelSizeError, check_model_size, load_model_yaml, model_summary
 
 # Published YOLOv5 v7.0 figures: README table (fused params, GFLOPs at 640) and the
 # "YOLOv5x summary: N layers, P parameters" lines printed at training start (unfused).
@@ -286,4 +288,48 @@ def test_yaml_is_never_evaluated():
     cfg = load_model_yaml('yolov5n.yaml')
     cfg['backbone'][0] = [-1, 1, "__import__('os').system('true')", [64, 6, 2, 2]]
     with pytest.raises(ValueError, match='unknown module'):
+        Model(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Size guard: an absurd config is refused from arithmetic alone, before anything is allocated
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('size', ['n', 's', 'm', 'l', 'x'])
+def test_size_estimate_is_exact_for_every_official_model(size):
+    assert check_model_size(load_model_yaml(f'yolov5{size}.yaml'), [3]) == PUBLISHED[size][0]
+
+
+def test_size_estimate_matches_the_built_model():
+    cfg = load_model_yaml('yolov5n.yaml')
+    cfg.update(nc=7, width_multiple=0.375, depth_multiple=0.67)
+    model = Model(cfg)
+    assert check_model_size(model.yaml, [3]) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('width_multiple', 64, r'yolov5n\.yaml: width_multiple 64 asks for a model of ~114\.5 billion parameters '
+                           r'\(limit 1 billion'),
+    ('depth_multiple', 50, r'yolov5n\.yaml: depth_multiple 50 asks for a model of 3338 convolutions '
+                           r'\(limit 1500'),
+    ('nc', 10 ** 7, r'nc 10000000 asks for a model of ~13\.5 billion parameters'),
+])
+def test_absurd_model_config_is_refused_before_allocating(tmp_path, key, value, message):
+    cfg = load_model_yaml('yolov5n.yaml')
+    cfg[key] = value
+    path = tmp_path / 'yolov5n.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    start = time.perf_counter()
+    with pytest.raises(ModelSizeError, match=message) as info:
+        Model(str(path))
+    assert time.perf_counter() - start < 1.0  # nothing was built (a real attempt takes minutes or OOMs)
+    assert isinstance(info.value, ValueError) and '\n' not in str(info.value)
+    assert str(info.value).endswith('check the YAML')
+
+
+@pytest.mark.parametrize('key, value', [('width_multiple', 'wide'), ('depth_multiple', -1),
+                                         ('width_multiple', float('inf'))])
+def test_non_numeric_multiples_are_reported(key, value):
+    cfg = load_model_yaml('yolov5n.yaml')
+    cfg[key] = value
+    with pytest.raises(ValueError, match=f'{key} must be a positive number'):
         Model(cfg)
