@@ -9,13 +9,18 @@
 #
 # PROTOCOL
 #   cpu  320 px tiles of the 640 images (scripts/deeppcb_tiles.py -> datasets/deeppcb_tiles320): the
-#        defects keep their native resolution; batch 16, 2 workers, device cpu, --noplots.
-#   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0.
-#   Schedules (docs/BENCHMARKS.md, "DeepPCB protocol"): EPOCHS (students), TEACHER_EPOCHS.
+#        defects keep their native resolution. Every row trains on the same fixed random SUBSET
+#        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
+#        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
+#   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
+#   Schedules and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". EPOCHS (students),
+#   TEACHER_EPOCHS; the protocol fixes the data and image size, not the device: the cpu protocol's
+#   teacher can be trained on a GPU box with PROTOCOL=cpu DEVICE=0 ROW=teacher (recommended).
 # Students: yolov5n from the official COCO checkpoint ../shared/weights/yolov5n.pt (pretrained, as
 #   users start), the same for every row. Teacher: yolov5s from scratch (no yolov5s.pt offline),
-#   seed 0, trained once by ROW=teacher and stripped to weights/deeppcb_teacher_yolov5s_<PROTOCOL>.pt
-#   (+ .json with its best mAPs, for the gap-recovered column); later sessions reuse that file.
+#   seed 0, same training data, trained once by ROW=teacher and stripped to
+#   weights/deeppcb_teacher_yolov5s_<PROTOCOL>.pt; later sessions reuse that file. Its mAPs on this
+#   protocol's val set (for gap recovered) are measured once into <teacher>_val_<PROTOCOL>.json.
 # Every run: same data, image size, epochs, batch, hyp (YOLOv5 defaults) and augmentation; seed in the
 #   row name (_s<k>). A KD row is the distillation defaults plus one flag, i.e. what a user gets by
 #   adding that flag: output KD (--d_weight default) is on in every KD row.
@@ -28,7 +33,7 @@
 #   pseudo-labels of the unlabelled half, conf >= PSEUDO_CONF) | ceiling = the issue-16 base_s* rows.
 #   Not runnable yet: lab_unlab_kd (KD on labelled + unlabelled images needs the trainer to leave
 #   unlabelled images out of the detection loss; as plain backgrounds they would teach "no defect").
-# Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>(_ssl)]  DATA  IMGSZ  BATCH
+# Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
 #   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
 # A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
 set -u -o pipefail
@@ -44,20 +49,27 @@ STUDENT="${STUDENT:-$SHARED/weights/yolov5n.pt}"
 KD_SEEDS="${KD_SEEDS:-0 1}"
 BASE_SEEDS="${BASE_SEEDS:-0 1 2}"
 PSEUDO_CONF="${PSEUDO_CONF:-0.5}"
-SPLIT="f50_s0"  # scripts/deeppcb_tiles.py --labelled-fraction 0.5 --split-seed 0
 FAILED=()
 
 die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
 
+# cpu: a fixed random subset of SUBSET tiles (of 4,000) is the training set of every row (cost, see docs)
 case "$PROTOCOL" in
-  cpu) TILE=320; TILES="datasets/deeppcb_tiles320"; DEF_DATA="$TILES/deeppcb_tiles320.yaml"
-       DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots"
-       DEF_EPOCHS=30; DEF_TEACHER_EPOCHS=60 ;;
-  gpu) TILE=640; TILES="datasets/deeppcb_640"; DEF_DATA="$SHARED/datasets/deeppcb/deeppcb.yaml"
+  cpu) TILE=320; TILES="datasets/deeppcb_tiles320"; SUBSET="${SUBSET:-1000}"
+       DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots --noval"
+       DEF_EPOCHS=4; DEF_TEACHER_EPOCHS=100 ;;
+  gpu) TILE=640; TILES="datasets/deeppcb_640"; SUBSET="${SUBSET:-0}"
        DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
        DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
   *) die "PROTOCOL must be cpu or gpu, got '$PROTOCOL'" ;;
 esac
+[[ "$SUBSET" =~ ^[0-9]+$ ]] || die "SUBSET must be a number of tiles (0 = all), got '$SUBSET'"
+# names scripts/deeppcb_tiles.py gives its outputs (--train-subset N, --labelled-fraction 0.5 --split-seed 0)
+POOL="$( (( SUBSET )) && echo "sub${SUBSET}_s0_")"
+SUBSET_FLAG="$( (( SUBSET )) && echo "--train-subset $SUBSET")"
+SPLIT="${POOL}f50_s0"
+if [[ "$PROTOCOL" == gpu && "$SUBSET" == 0 ]]; then DEF_DATA="$SHARED/datasets/deeppcb/deeppcb.yaml"
+else DEF_DATA="$TILES/$(basename "$TILES")${POOL:+_${POOL%_}}.yaml"; fi
 DATA="${DATA:-$DEF_DATA}"
 LAB_DATA="${LAB_DATA:-$TILES/$(basename "$TILES")_labelled_$SPLIT.yaml}"
 IMGSZ="${IMGSZ:-$DEF_IMGSZ}"; BATCH="${BATCH:-$DEF_BATCH}"; WORKERS="${WORKERS:-$DEF_WORKERS}"
@@ -143,20 +155,26 @@ run() {
 }
 
 prepare_data() {
-  [[ "$PROTOCOL" == cpu || "$ISSUE" == 14 ]] || return 0
-  local split=""
-  [[ "$ISSUE" == 14 ]] && split="--labelled-fraction 0.5 --split-seed 0"
+  [[ "$PROTOCOL" == cpu || "$ISSUE" == 14 || "$SUBSET" != 0 ]] || return 0
+  local split="$SUBSET_FLAG"
+  [[ "$ISSUE" == 14 ]] && split="$split --labelled-fraction 0.5 --split-seed 0"
   echo "== data"
   run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES $split" \
     || die "tiling failed"
 }
 
-# Teacher weights: strip best.pt to fp16 (no optimizer) and record its best mAPs beside it.
+# Teacher weights: best.pt stripped to fp16 without optimizer state (~14 MB), to commit and reuse.
 save_teacher() {
-  local dir="$1" dst="$2"
-  run "$PYTHON -c \"from models.checkpoint import strip_checkpoint as s; s('$dir/weights/best.pt', '$dst', half=True)\"" &&
-  run "$PYTHON -c \"import json, pandas as p; d = p.read_csv('$dir/results.csv'); d.columns = [c.strip() for c in d.columns]; \
-json.dump({m: float(d['metrics/' + m].max()) for m in ('mAP_0.5', 'mAP_0.5:0.95')}, open('${dst%.pt}.json', 'w'))\""
+  run "$PYTHON -c \"from models.checkpoint import strip_checkpoint as s; s('$1/weights/best.pt', '$2', half=True)\""
+}
+
+# The teacher's mAPs on this protocol's val set (for gap recovered), kept beside its weights.
+teacher_metrics() {
+  local t="$1" json="${1%.pt}_val_$PROTOCOL.json" data="$DATA"
+  [[ -f "$json" || ( ! -f "$t" && "$DRY_RUN" != 1 ) ]] && return 0
+  run "$PYTHON -c \"import json, val; r = val.run(data='$data', weights='$t', imgsz=$IMGSZ, batch_size=$BATCH, \
+device='$DEVICE', workers=$WORKERS, half=False, plots=False, project='$PROJECT', name='teacher_val', exist_ok=True)[0]; \
+json.dump({'mAP_0.5': r[2], 'mAP_0.5:0.95': r[3]}, open('$json', 'w'))\""
 }
 
 # Pseudo-labelled copy of the unlabelled half: teacher_lab's detections at conf >= PSEUDO_CONF.
@@ -168,7 +186,7 @@ prepare_pseudo() {
   run "$PYTHON detect.py --weights $TEACHER_LAB --source $TILES/images/unlabelled_$SPLIT --imgsz $IMGSZ \
 --conf-thres $PSEUDO_CONF --device $DEVICE --save-txt --nosave --project $PROJECT --name pseudo_detect --exist-ok" &&
   run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES \
---labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels --pseudo-out $PROJECT/pseudo_data"
+$SUBSET_FLAG --labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels --pseudo-out $PROJECT/pseudo_data"
 }
 
 run_row() {
@@ -210,9 +228,11 @@ compare_runs() {
   local t="$TEACHER" runs="$PROJECT" metric tm tag
   [[ "$ISSUE" == 14 ]] && { t="$TEACHER_LAB"; runs="$PROJECT $PROJECT16/base_s*"; }
   echo "== compare"
+  teacher_metrics "$t" || FAILED+=("teacher metrics")
+  local json="${t%.pt}_val_$PROTOCOL.json"
   for metric in mAP_0.5:0.95 mAP_0.5; do
     tm="" tag="${metric//[.:]/}"  # mAP_0595, mAP_05
-    [[ -f "${t%.pt}.json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('${t%.pt}.json'))['$metric'])")"
+    [[ -f "$json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('$json'))['$metric'])")"
     run "$PYTHON compare.py $runs --metric $metric $tm --md $PROJECT/compare_$tag.md --csv $PROJECT/compare_$tag.csv" \
       || FAILED+=("compare $metric")
   done

@@ -2,7 +2,7 @@
 
     python3 scripts/deeppcb_tiles.py                               # datasets/deeppcb_tiles320 + its YAML
     python3 scripts/deeppcb_tiles.py --labelled-fraction 0.5 --split-seed 0   # + issue 14 split
-    python3 scripts/deeppcb_tiles.py --train-subset 400                        # + a 400-tile train list
+    python3 scripts/deeppcb_tiles.py --train-subset 1000                       # + a 1000-tile train list
     python3 scripts/deeppcb_tiles.py --tile 640 --out datasets/deeppcb_640     # 1 tile = the whole image
 
 Why tiles: DeepPCB defects are 15-40 px on 640 px images. Training at 320 on the resized images would
@@ -18,7 +18,9 @@ rare cut boxes are dropped). With disjoint tiles a box is kept in at most one ti
 kept + dropped = the source boxes.
 
 Split for issue 14 (--labelled-fraction F --split-seed K): a fixed fraction of the *source images*
-(all tiles of one image go together) keeps its labels; the others become unlabelled. Written as
+(all tiles of one image go together) keeps its labels; the others become unlabelled. With
+--train-subset N the split is of that subset's tiles, and <F%>_s<K> below reads sub<N>_s<seed>_f<F%>_s<K>.
+Written as
   splits/labelled_f<F%>_s<K>.txt    list of the labelled tiles (in images/train, labels beside them)
   images/unlabelled_f<F%>_s<K>/     hard links (or copies) of the other tiles, with NO labels folder,
                                     so no loader can see their labels by accident
@@ -172,19 +174,20 @@ def source_image(tile_file):
     return Path(tile_file).stem.rsplit('_x', 1)[0]
 
 
-def split_tag(fraction, seed):
-    return f'f{round(fraction * 100)}_s{seed}'
+def split_tag(fraction, seed, pool_tag=''):
+    return f'{pool_tag}_' * bool(pool_tag) + f'f{round(fraction * 100)}_s{seed}'
 
 
-def split_labelled(out, fraction, seed):
-    """Fixed labelled/unlabelled split by source image; returns (labelled tiles, unlabelled files)."""
+def split_labelled(out, fraction, seed, pool=None, pool_tag=''):
+    """Fixed labelled/unlabelled split by source image of the train tiles (or of `pool`, a subset of
+    them named `pool_tag`); returns (labelled tiles, unlabelled files)."""
     if not 0 < fraction < 1:
         raise ValueError(f'--labelled-fraction must be between 0 and 1 (exclusive), got {fraction}')
-    tiles = sorted(str(p) for p in (out / 'images' / 'train').glob('*.png'))
+    tiles = sorted(pool or (str(p) for p in (out / 'images' / 'train').glob('*.png')))
     sources = sorted({source_image(t) for t in tiles})
     random.Random(seed).shuffle(sources)
     labelled_sources = set(sources[:round(fraction * len(sources))])
-    tag = split_tag(fraction, seed)
+    tag = split_tag(fraction, seed, pool_tag)
     labelled = [t for t in tiles if source_image(t) in labelled_sources]
     unl_dir = out / 'images' / f'unlabelled_{tag}'
     unl_dir.mkdir(exist_ok=True)
@@ -276,14 +279,16 @@ def main(opt):
         print(f'{split}: {c["images"]} images -> {c["tiles"]} tiles; boxes {c["boxes"]}: kept {c["kept"]}, '
               f'dropped {c["dropped"]} (<{opt.min_visible:.0%} inside any tile); {c["label_rows"]} label rows')
     print(f'dataset YAML: {out / (out.name + ".yaml")}')
+    pool, pool_tag = None, ''
+    if opt.train_subset:  # with --labelled-fraction: split this subset
+        pool, pool_tag = train_subset(out, opt.train_subset, opt.subset_seed), f'sub{opt.train_subset}_s{opt.subset_seed}'
     if opt.labelled_fraction is not None:
-        split_labelled(out, opt.labelled_fraction, opt.split_seed)
-    if opt.train_subset:
-        train_subset(out, opt.train_subset, opt.subset_seed)
+        split_labelled(out, opt.labelled_fraction, opt.split_seed, pool, pool_tag)
     if opt.pseudo_labels:
         if opt.labelled_fraction is None or not opt.pseudo_out:
             raise ValueError('--pseudo-labels needs --labelled-fraction, --split-seed and --pseudo-out')
-        pseudo_dataset(out, split_tag(opt.labelled_fraction, opt.split_seed), opt.pseudo_labels, opt.pseudo_out)
+        tag = split_tag(opt.labelled_fraction, opt.split_seed, pool_tag)
+        pseudo_dataset(out, tag, opt.pseudo_labels, opt.pseudo_out)
     return out
 
 
