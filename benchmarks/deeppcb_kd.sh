@@ -13,9 +13,10 @@
 #        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
 #        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
 #   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
-#   Schedules and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". EPOCHS (students),
-#   TEACHER_EPOCHS; the protocol fixes the data and image size, not the device: the cpu protocol's
-#   teacher can be trained on a GPU box with PROTOCOL=cpu DEVICE=0 ROW=teacher (recommended).
+#   Schedules (cpu: students 6 epochs <= 45 min, teacher 20 epochs <= 2.5 h, estimated; gpu: 50 / 100)
+#   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Set EPOCHS / TEACHER_EPOCHS once
+#   before the first row: all rows must share them. The protocol fixes data and image size, not the
+#   device: with a GPU box, PROTOCOL=cpu DEVICE=0 TEACHER_EPOCHS=100 ROW=teacher gives a stronger teacher.
 # Students: yolov5n from the official COCO checkpoint ../shared/weights/yolov5n.pt (pretrained, as
 #   users start), the same for every row. Teacher: yolov5s from scratch (no yolov5s.pt offline),
 #   seed 0, same training data, trained once by ROW=teacher and stripped to
@@ -57,7 +58,7 @@ die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
 case "$PROTOCOL" in
   cpu) TILE=320; TILES="datasets/deeppcb_tiles320"; SUBSET="${SUBSET:-1000}"
        DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots --noval"
-       DEF_EPOCHS=4; DEF_TEACHER_EPOCHS=100 ;;
+       DEF_EPOCHS=6; DEF_TEACHER_EPOCHS=20 ;;
   gpu) TILE=640; TILES="datasets/deeppcb_640"; SUBSET="${SUBSET:-0}"
        DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
        DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
@@ -173,7 +174,8 @@ teacher_metrics() {
   local t="$1" json="${1%.pt}_val_$PROTOCOL.json" data="$DATA"
   [[ -f "$json" || ( ! -f "$t" && "$DRY_RUN" != 1 ) ]] && return 0
   run "$PYTHON -c \"import json, val; r = val.run(data='$data', weights='$t', imgsz=$IMGSZ, batch_size=$BATCH, \
-device='$DEVICE', workers=$WORKERS, half=False, plots=False, project='$PROJECT', name='teacher_val', exist_ok=True)[0]; \
+device='$DEVICE', workers=$WORKERS, half=False, plots=False, project='$PROJECT', name='teacher_val', \
+exist_ok=True)[0]; \
 json.dump({'mAP_0.5': r[2], 'mAP_0.5:0.95': r[3]}, open('$json', 'w'))\""
 }
 
@@ -186,7 +188,8 @@ prepare_pseudo() {
   run "$PYTHON detect.py --weights $TEACHER_LAB --source $TILES/images/unlabelled_$SPLIT --imgsz $IMGSZ \
 --conf-thres $PSEUDO_CONF --device $DEVICE --save-txt --nosave --project $PROJECT --name pseudo_detect --exist-ok" &&
   run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES \
-$SUBSET_FLAG --labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels --pseudo-out $PROJECT/pseudo_data"
+$SUBSET_FLAG --labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels \
+--pseudo-out $PROJECT/pseudo_data"
 }
 
 run_row() {

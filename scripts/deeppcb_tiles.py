@@ -121,7 +121,7 @@ def tile_split(im_files, out, split, nc, tile, stride, min_visible):
 
 
 def write_yaml(path, names, train, val):
-    text = (f'# Written by scripts/deeppcb_tiles.py; paths are relative to this file\n'
+    text = (f'# Written by scripts/deeppcb_tiles.py; relative paths start at this file's folder\n'
             f'path: .\ntrain: {train}\nval: {val}\nnc: {len(names)}\nnames: {json.dumps(names)}\n')
     path.write_text(text)
 
@@ -281,7 +281,8 @@ def main(opt):
     print(f'dataset YAML: {out / (out.name + ".yaml")}')
     pool, pool_tag = None, ''
     if opt.train_subset:  # with --labelled-fraction: split this subset
-        pool, pool_tag = train_subset(out, opt.train_subset, opt.subset_seed), f'sub{opt.train_subset}_s{opt.subset_seed}'
+        pool = train_subset(out, opt.train_subset, opt.subset_seed)
+        pool_tag = f'sub{opt.train_subset}_s{opt.subset_seed}'
     if opt.labelled_fraction is not None:
         split_labelled(out, opt.labelled_fraction, opt.split_seed, pool, pool_tag)
     if opt.pseudo_labels:
