@@ -121,7 +121,7 @@ def tile_split(im_files, out, split, nc, tile, stride, min_visible):
 
 
 def write_yaml(path, names, train, val):
-    text = (f'# Written by scripts/deeppcb_tiles.py; relative paths start at this file's folder\n'
+    text = (f'# Written by scripts/deeppcb_tiles.py; relative paths start at the folder of this file\n'
             f'path: .\ntrain: {train}\nval: {val}\nnc: {len(names)}\nnames: {json.dumps(names)}\n')
     path.write_text(text)
 
