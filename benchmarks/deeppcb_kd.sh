@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# DeepPCB distillation protocol (issues 16 and 14): every row is one training run; one command per row.
+#
+#   PROTOCOL=cpu bash benchmarks/deeppcb_kd.sh                # all issue-16 rows, then the tables
+#   PROTOCOL=cpu ROW=teacher bash benchmarks/deeppcb_kd.sh    # one row (then commit the teacher weights)
+#   PROTOCOL=cpu ROW="base_s0 kd_cwd" bash benchmarks/deeppcb_kd.sh  # rows; kd_cwd = all its seeds
+#   PROTOCOL=gpu ISSUE=14 bash benchmarks/deeppcb_kd.sh       # all issue-14 rows on the GPU
+#   DRY_RUN=1 ... prints the commands only (nothing is trained or written).
+#
+# PROTOCOL
+#   cpu  320 px tiles of the 640 images (scripts/deeppcb_tiles.py -> datasets/deeppcb_tiles320): the
+#        defects keep their native resolution. Every row trains on the same fixed random SUBSET
+#        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
+#        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
+#   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
+#   Schedules (cpu: students 6 epochs <= 45 min, teacher 20 epochs <= 2.5 h, estimated; gpu: 50 / 100)
+#   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Set EPOCHS / TEACHER_EPOCHS once
+#   before the first row: all rows must share them. The protocol fixes data and image size, not the
+#   device: with a GPU box, PROTOCOL=cpu DEVICE=0 TEACHER_EPOCHS=100 ROW=teacher gives a stronger teacher.
+# Students: yolov5n from the official COCO checkpoint ../shared/weights/yolov5n.pt (pretrained, as
+#   users start), the same for every row. Teacher: yolov5s from scratch (no yolov5s.pt offline),
+#   seed 0, same training data, trained once by ROW=teacher and stripped to
+#   weights/deeppcb_teacher_yolov5s_<PROTOCOL>.pt; later sessions reuse that file. Its mAPs on this
+#   protocol's val set (for gap recovered) are measured once into <teacher>_val_<PROTOCOL>.json.
+# Every run: same data, image size, epochs, batch, hyp (YOLOv5 defaults) and augmentation; seed in the
+#   row name (_s<k>). A KD row is the distillation defaults plus one flag, i.e. what a user gets by
+#   adding that flag: output KD (--d_weight default) is on in every KD row.
+# Rows, issue 16 (ISSUE=16, default):
+#   teacher | base_s0 base_s1 base_s2 | kd_output_s* | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) |
+#   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST); KD seeds: KD_SEEDS [0 1]
+# Rows, issue 14 (ISSUE=14; a fixed half of the train images keeps its labels, split seed 0, by image):
+#   teacher_lab (yolov5s on the labelled half only: a teacher that saw all labels would leak them) |
+#   lab_base_s0..2 | lab_kd_s* (teacher_lab) | lab_pseudo_s* (train.py on labelled + teacher_lab
+#   pseudo-labels of the unlabelled half, conf >= PSEUDO_CONF) | ceiling = the issue-16 base_s* rows.
+#   Not runnable yet: lab_unlab_kd (KD on labelled + unlabelled images needs the trainer to leave
+#   unlabelled images out of the detection loss; as plain backgrounds they would teach "no defect").
+# Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
+#   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
+# A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
+set -u -o pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PROTOCOL="${PROTOCOL:-cpu}"
+ISSUE="${ISSUE:-16}"
+DRY_RUN="${DRY_RUN:-0}"
+PYTHON="${PYTHON:-python3}"
+SHARED="${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd || echo "$ROOT/shared")}"
+STUDENT="${STUDENT:-$SHARED/weights/yolov5n.pt}"
+KD_SEEDS="${KD_SEEDS:-0 1}"
+BASE_SEEDS="${BASE_SEEDS:-0 1 2}"
+PSEUDO_CONF="${PSEUDO_CONF:-0.5}"
+FAILED=()
+
+die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
+
+# cpu: a fixed random subset of SUBSET tiles (of 4,000) is the training set of every row (cost, see docs)
+case "$PROTOCOL" in
+  cpu) TILE=320; TILES="datasets/deeppcb_tiles320"; SUBSET="${SUBSET:-1000}"
+       DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots --noval"
+       DEF_EPOCHS=6; DEF_TEACHER_EPOCHS=20 ;;
+  gpu) TILE=640; TILES="datasets/deeppcb_640"; SUBSET="${SUBSET:-0}"
+       DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
+       DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
+  *) die "PROTOCOL must be cpu or gpu, got '$PROTOCOL'" ;;
+esac
+[[ "$SUBSET" =~ ^[0-9]+$ ]] || die "SUBSET must be a number of tiles (0 = all), got '$SUBSET'"
+# names scripts/deeppcb_tiles.py gives its outputs (--train-subset N, --labelled-fraction 0.5 --split-seed 0)
+POOL="$( (( SUBSET )) && echo "sub${SUBSET}_s0_")"
+SUBSET_FLAG="$( (( SUBSET )) && echo "--train-subset $SUBSET")"
+SPLIT="${POOL}f50_s0"
+if [[ "$PROTOCOL" == gpu && "$SUBSET" == 0 ]]; then DEF_DATA="$SHARED/datasets/deeppcb/deeppcb.yaml"
+else DEF_DATA="$TILES/$(basename "$TILES")${POOL:+_${POOL%_}}.yaml"; fi
+DATA="${DATA:-$DEF_DATA}"
+LAB_DATA="${LAB_DATA:-$TILES/$(basename "$TILES")_labelled_$SPLIT.yaml}"
+IMGSZ="${IMGSZ:-$DEF_IMGSZ}"; BATCH="${BATCH:-$DEF_BATCH}"; WORKERS="${WORKERS:-$DEF_WORKERS}"
+DEVICE="${DEVICE:-$DEF_DEVICE}"; EXTRA="${EXTRA:-$DEF_EXTRA}"
+EPOCHS="${EPOCHS:-$DEF_EPOCHS}"; TEACHER_EPOCHS="${TEACHER_EPOCHS:-$DEF_TEACHER_EPOCHS}"
+OFF_LAST="${OFF_LAST:-$(( EPOCHS / 10 > 1 ? EPOCHS / 10 : 1 ))}"
+PROJECT16="runs/deeppcb_$PROTOCOL"
+case "$ISSUE" in
+  16) PROJECT="${PROJECT:-$PROJECT16}" ;;
+  14) PROJECT="${PROJECT:-${PROJECT16}_ssl}" ;;
+  *) die "ISSUE must be 16 or 14, got '$ISSUE'" ;;
+esac
+TEACHER="${TEACHER:-weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt}"
+TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}"
+for v in EPOCHS TEACHER_EPOCHS IMGSZ BATCH WORKERS OFF_LAST; do
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer, got '${!v}'"
+done
+
+rows_16() {
+  local s m
+  echo teacher
+  for s in $BASE_SEEDS; do echo "base_s$s"; done
+  for m in output mse cosine cwd kl off_last; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
+}
+rows_14() {
+  local s
+  echo teacher_lab
+  for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
+  for s in $KD_SEEDS; do echo "lab_kd_s$s"; done
+  for s in $KD_SEEDS; do echo "lab_pseudo_s$s"; done
+}
+
+# ROW entries: exact row names, or a row without its _s<k> suffix meaning all of its seeds.
+selected_rows() {
+  local all want r hit
+  all="$(rows_$ISSUE)"
+  [[ -z "${ROW:-}" ]] && { echo "$all"; return; }
+  for want in $ROW; do
+    [[ "$want" == lab_unlab_kd ]] && die "row lab_unlab_kd is not runnable yet: the trainer has no way to" \
+      "leave unlabelled images out of the detection loss (see the header of this script)"
+    hit=0
+    for r in $all; do
+      if [[ "$r" == "$want" || "$r" == "${want}_s"[0-9]* ]]; then echo "$r"; hit=1; fi
+    done
+    (( hit )) || die "unknown row '$want' for ISSUE=$ISSUE; rows: $(echo $all)"
+  done
+}
+
+common() {
+  echo "--imgsz $IMGSZ --batch-size $BATCH --workers $WORKERS --device $DEVICE $EXTRA"
+}
+student() { echo "--weights $STUDENT --cfg ''"; }
+
+# "<epochs> <script> <flags>" of a row
+row_spec() {
+  local row="$1" seed="${1##*_s}" data="$DATA" t="$TEACHER"
+  [[ "$row" == lab_* ]] && { data="$LAB_DATA"; t="$TEACHER_LAB"; }
+  case "$row" in
+    teacher) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0" ;;
+    teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
+    base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
+    lab_pseudo_s*) echo "$EPOCHS train.py $(student) --data $PROJECT/pseudo_data/pseudo.yaml --seed $seed" ;;
+    kd_output_s*|lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
+    kd_mse_s*|kd_cosine_s*|kd_cwd_s*)
+      local m="${row#kd_}"; m="${m%_s*}"
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature $m" ;;
+    kd_kl_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_kl" ;;
+    kd_off_last_s*)
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_off_last $OFF_LAST" ;;
+    *) die "no spec for row '$row'" ;;
+  esac
+}
+
+epochs_done() {
+  local csv="$1/results.csv"
+  if [[ -f "$csv" ]]; then echo $(( $(grep -c . "$csv") - 1 )); else echo 0; fi
+}
+
+# run: print a command, and execute it unless DRY_RUN (eval: flags hold quoted empty values)
+run() {
+  echo "   $*"
+  [[ "$DRY_RUN" == 1 ]] || eval "$*"
+}
+
+prepare_data() {
+  [[ "$PROTOCOL" == cpu || "$ISSUE" == 14 || "$SUBSET" != 0 ]] || return 0
+  local split="$SUBSET_FLAG"
+  [[ "$ISSUE" == 14 ]] && split="$split --labelled-fraction 0.5 --split-seed 0"
+  echo "== data"
+  run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES $split" \
+    || die "tiling failed"
+}
+
+# Teacher weights: best.pt stripped to fp16 without optimizer state (~14 MB), to commit and reuse.
+save_teacher() {
+  run "$PYTHON -c \"from models.checkpoint import strip_checkpoint as s; s('$1/weights/best.pt', '$2', half=True)\""
+}
+
+# The teacher's mAPs on this protocol's val set (for gap recovered), kept beside its weights.
+teacher_metrics() {
+  local t="$1" json="${1%.pt}_val_$PROTOCOL.json" data="$DATA"
+  [[ -f "$json" || ( ! -f "$t" && "$DRY_RUN" != 1 ) ]] && return 0
+  run "$PYTHON -c \"import json, val; r = val.run(data='$data', weights='$t', imgsz=$IMGSZ, batch_size=$BATCH, \
+device='$DEVICE', workers=$WORKERS, half=False, plots=False, project='$PROJECT', name='teacher_val', \
+exist_ok=True)[0]; \
+json.dump({'mAP_0.5': r[2], 'mAP_0.5:0.95': r[3]}, open('$json', 'w'))\""
+}
+
+# Pseudo-labelled copy of the unlabelled half: teacher_lab's detections at conf >= PSEUDO_CONF.
+PSEUDO_READY=0
+prepare_pseudo() {
+  [[ "$PSEUDO_READY" == 1 || -f "$PROJECT/pseudo_data/pseudo.yaml" ]] && return 0
+  PSEUDO_READY=1
+  echo "== pseudo-labels (teacher_lab, conf >= $PSEUDO_CONF)"
+  run "$PYTHON detect.py --weights $TEACHER_LAB --source $TILES/images/unlabelled_$SPLIT --imgsz $IMGSZ \
+--conf-thres $PSEUDO_CONF --device $DEVICE --save-txt --nosave --project $PROJECT --name pseudo_detect --exist-ok" &&
+  run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES \
+$SUBSET_FLAG --labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels \
+--pseudo-out $PROJECT/pseudo_data"
+}
+
+run_row() {
+  local row="$1" spec epochs script flags dir done
+  spec="$(row_spec "$row")" || exit 2
+  read -r epochs script flags <<< "$spec"
+  dir="$PROJECT/$row"
+  done="$(epochs_done "$dir")"
+  if (( done >= epochs )); then echo "== $row: done ($done epochs), skipping"; return 0; fi
+  if [[ "$script" == train_distillation.py ]]; then
+    local t="${flags##*--t_weights }"; t="${t%% *}"
+    [[ -f "$t" || "$DRY_RUN" == 1 ]] || { echo "== $row: teacher $t missing: run its teacher row first"
+      FAILED+=("$row"); return 0; }
+  fi
+  if [[ "$row" == lab_pseudo_* ]]; then
+    [[ -f "$TEACHER_LAB" || "$DRY_RUN" == 1 ]] || { echo "== $row: $TEACHER_LAB missing: run ROW=teacher_lab first"
+      FAILED+=("$row"); return 0; }
+    prepare_pseudo || { FAILED+=("$row"); return 0; }
+  fi
+  echo "== $row ($epochs epochs)"
+  if [[ -f "$dir/weights/last.pt" ]]; then
+    flags="--resume $dir/weights/last.pt"
+  else
+    [[ -e "$dir" && "$DRY_RUN" != 1 ]] && rm -rf "$dir"  # a partial run without last.pt cannot resume
+    flags="$flags --epochs $epochs $(common) --project $PROJECT --name $row --exist-ok"
+  fi
+  [[ "$DRY_RUN" == 1 ]] || mkdir -p "$PROJECT/logs"
+  if ! run "$PYTHON $script $flags > $PROJECT/logs/$row.log 2>&1"; then
+    echo "   FAILED: see $PROJECT/logs/$row.log"; FAILED+=("$row"); return 0
+  fi
+  case "$row" in
+    teacher) save_teacher "$dir" "$TEACHER" || FAILED+=("$row") ;;
+    teacher_lab) save_teacher "$dir" "$TEACHER_LAB" || FAILED+=("$row") ;;
+  esac
+}
+
+# Tables for both metrics; the teacher's value comes from the json written beside its weights.
+compare_runs() {
+  local t="$TEACHER" runs="$PROJECT" metric tm tag
+  [[ "$ISSUE" == 14 ]] && { t="$TEACHER_LAB"; runs="$PROJECT $PROJECT16/base_s*"; }
+  echo "== compare"
+  teacher_metrics "$t" || FAILED+=("teacher metrics")
+  local json="${t%.pt}_val_$PROTOCOL.json"
+  for metric in mAP_0.5:0.95 mAP_0.5; do
+    tm="" tag="${metric//[.:]/}"  # mAP_0595, mAP_05
+    [[ -f "$json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('$json'))['$metric'])")"
+    run "$PYTHON compare.py $runs --metric $metric $tm --md $PROJECT/compare_$tag.md --csv $PROJECT/compare_$tag.csv" \
+      || FAILED+=("compare $metric")
+  done
+}
+
+main() {
+  local rows row
+  rows="$(selected_rows)" || exit 2
+  echo "DeepPCB protocol $PROTOCOL, issue $ISSUE -> $PROJECT (students $EPOCHS epochs, teacher $TEACHER_EPOCHS)"
+  prepare_data
+  for row in $rows; do run_row "$row"; done
+  [[ -z "${ROW:-}" ]] && compare_runs
+  if (( ${#FAILED[@]} )); then echo "Failed: ${FAILED[*]}" >&2; exit 1; fi
+}
+
+main

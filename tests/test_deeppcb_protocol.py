@@ -1,0 +1,166 @@
+"""DeepPCB protocol: the tiling rule and split of scripts/deeppcb_tiles.py, and the row plan of
+benchmarks/deeppcb_kd.sh (dry run: commands printed, nothing trained)."""
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'benchmarks' / 'deeppcb_kd.sh'
+spec = importlib.util.spec_from_file_location('deeppcb_tiles', ROOT / 'scripts' / 'deeppcb_tiles.py')
+tiles = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tiles)
+
+
+def xyxy_rows(*boxes, size=64):
+    """YOLO label text for (cls, x1, y1, x2, y2) boxes in pixels of a size x size image."""
+    return ''.join(f'{c} {(x1 + x2) / 2 / size} {(y1 + y2) / 2 / size} {(x2 - x1) / size} {(y2 - y1) / size}\n'
+                   for c, x1, y1, x2, y2 in boxes)
+
+
+def make_dataset(root, n_train=2):
+    """64 px 1-channel PNGs; image 0 has the three boxes the 60% rule is tested with."""
+    for split, n in (('train', n_train), ('val', 1)):
+        (root / 'images' / split).mkdir(parents=True)
+        (root / 'labels' / split).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((64, 64), 255 * (i % 2), np.uint8)
+            cv2.imwrite(str(root / 'images' / split / f'im{i}.png'), img)
+            rows = xyxy_rows((1, 4, 4, 14, 14),     # inside tile (0, 0): kept as is
+                             (2, 28, 40, 44, 50),   # 75% in tile (32, 32): kept, clipped to x >= 32
+                             (3, 24, 4, 40, 14))    # 50% / 50%: dropped from both tiles
+            (root / 'labels' / split / f'im{i}.txt').write_text(rows)
+    data = root / 'data.yaml'
+    data.write_text(yaml.safe_dump({'path': '.', 'train': 'images/train', 'val': 'images/val',
+                                    'names': ['open', 'short', 'mousebite', 'spur']}))
+    return data
+
+
+def read_rows(file):
+    return np.array([ln.split() for ln in Path(file).read_text().splitlines()], float).reshape(-1, 5)
+
+
+def test_tiling_keeps_clips_and_drops_by_the_60_percent_rule(tmp_path):
+    data = make_dataset(tmp_path / 'src')
+    out = tmp_path / 'tiles'
+    done = tiles.make_tiles(data, out, tile=32, stride=32, min_visible=0.6)
+    assert done['counts']['train'] == dict(images=2, tiles=8, boxes=6, kept=4, dropped=2, label_rows=4)
+    assert len(list((out / 'images' / 'train').glob('*.png'))) == 8
+    assert cv2.imread(str(out / 'images' / 'train' / 'im0_x0y0.png'), cv2.IMREAD_UNCHANGED).shape == (32, 32)
+    np.testing.assert_allclose(read_rows(out / 'labels' / 'train' / 'im0_x0y0.txt'),
+                               [[1, 9 / 32, 9 / 32, 10 / 32, 10 / 32]], atol=1e-6)
+    np.testing.assert_allclose(read_rows(out / 'labels' / 'train' / 'im0_x32y32.txt'),
+                               [[2, 6 / 32, 13 / 32, 12 / 32, 10 / 32]], atol=1e-6)  # x 32-44 -> 0-12
+    assert read_rows(out / 'labels' / 'train' / 'im0_x32y0.txt').size == 0  # the 50% box is in no tile
+    assert read_rows(out / 'labels' / 'train' / 'im0_x0y32.txt').size == 0
+    d = yaml.safe_load((out / 'tiles.yaml').read_text())
+    assert (d['train'], d['val'], d['nc']) == ('images/train', 'images/val', 4)
+    assert not (tmp_path / 'tiles.partial').exists()
+
+    # a lower threshold keeps the half-visible box (in both tiles)
+    lenient = tiles.make_tiles(data, tmp_path / 'lenient', tile=32, stride=32, min_visible=0.5)
+    assert lenient['counts']['train']['dropped'] == 0
+
+
+def test_tiling_is_idempotent_and_refuses_other_settings(tmp_path, capsys):
+    data = make_dataset(tmp_path / 'src')
+    out = tmp_path / 'tiles'
+    first = tiles.make_tiles(data, out, tile=32, stride=32, min_visible=0.6)
+    stamp = (out / 'labels' / 'train' / 'im0_x0y0.txt').stat().st_mtime_ns
+    assert tiles.make_tiles(data, out, tile=32, stride=32, min_visible=0.6) == first
+    assert 'complete, skipping' in capsys.readouterr().out
+    assert (out / 'labels' / 'train' / 'im0_x0y0.txt').stat().st_mtime_ns == stamp
+    with pytest.raises(tiles.DatasetError, match='other settings'):
+        tiles.make_tiles(data, out, tile=16, stride=16, min_visible=0.6)
+
+
+def test_tile_grid_adds_an_edge_aligned_last_tile():
+    assert tiles.tile_starts(640, 320, 320) == [0, 320]
+    assert tiles.tile_starts(700, 320, 320) == [0, 320, 380]
+    with pytest.raises(tiles.DatasetError):
+        tiles.tile_starts(100, 320, 320)
+
+
+def test_labelled_split_is_fixed_by_source_image_and_hides_labels(tmp_path):
+    data = make_dataset(tmp_path / 'src', n_train=6)
+    out = tmp_path / 'tiles'
+    tiles.make_tiles(data, out, tile=32, stride=32, min_visible=0.6)
+    labelled, unlabelled = tiles.split_labelled(out, 0.5, seed=0)
+    assert (len(labelled), len(unlabelled)) == (12, 12)
+    lab_src = {tiles.source_image(t) for t in labelled}
+    unl_src = {tiles.source_image(t) for t in unlabelled}
+    assert len(lab_src) == 3 and not lab_src & unl_src  # whole images on one side
+    assert not (out / 'labels' / 'unlabelled_f50_s0').exists()
+    listed = (out / 'splits' / 'labelled_f50_s0.txt').read_text().split()
+    assert sorted(str((out / 'splits' / p).resolve()) for p in listed) == sorted(labelled)
+    again = tiles.split_labelled(out, 0.5, seed=0)
+    assert again == (labelled, unlabelled)
+    other = tiles.split_labelled(out, 0.5, seed=1)[0]
+    assert len(other) == 12  # another seed: another split of the same size
+    d = yaml.safe_load((out / 'tiles_labelled_f50_s0.yaml').read_text())
+    assert d['train'] == 'splits/labelled_f50_s0.txt'
+
+    # pseudo-labels: detect.py --save-txt rows (with confidence) become plain labels of the unlabelled tiles
+    tiles.split_labelled(out, 0.5, seed=0)
+    pred = tmp_path / 'pred'
+    pred.mkdir()
+    first = Path(unlabelled[0])
+    (pred / f'{first.stem}.txt').write_text('3 0.5 0.5 0.25 0.25 0.91\n')
+    pseudo = tiles.pseudo_dataset(out, 'f50_s0', pred, tmp_path / 'pseudo')
+    d = yaml.safe_load(pseudo.read_text())
+    assert d['train'] == [str(out / 'splits' / 'labelled_f50_s0.txt'), str(tmp_path / 'pseudo' / 'images')]
+    assert (tmp_path / 'pseudo' / 'labels' / f'{first.stem}.txt').read_text() == '3 0.5 0.5 0.25 0.25\n'
+    assert len(list((tmp_path / 'pseudo' / 'images').glob('*.png'))) == 12
+
+
+def run_script(tmp_path, **env):
+    full = {**os.environ, 'DRY_RUN': '1', 'SHARED': str(tmp_path / 'shared'),
+            'PROJECT': str(tmp_path / 'runs'), **env}
+    return subprocess.run(['bash', str(SCRIPT)], env=full, capture_output=True, text=True, cwd=tmp_path)
+
+
+def planned(stdout):
+    """{row: the command line under its '== row' header}"""
+    lines = stdout.splitlines()
+    return {ln.split()[1]: lines[i + 1].strip() for i, ln in enumerate(lines)
+            if ln.startswith('== ') and ln.split()[1] not in ('data', 'compare', 'pseudo-labels')}
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
+    r = run_script(tmp_path, EPOCHS='30')  # OFF_LAST defaults to EPOCHS / 10
+    assert r.returncode == 0, r.stderr
+    rows = planned(r.stdout)
+    kd = [f'kd_{m}_s{s}' for m in ('output', 'mse', 'cosine', 'cwd', 'kl', 'off_last') for s in (0, 1)]
+    assert list(rows) == ['teacher', 'base_s0', 'base_s1', 'base_s2'] + kd
+    assert rows['teacher'].startswith('python3 train.py') and '--cfg yolov5s.yaml' in rows['teacher']
+    assert '--seed 2' in rows['base_s2'] and 'yolov5n.pt' in rows['base_s2']
+    assert '--d_feature cwd' in rows['kd_cwd_s1'] and '--seed 1' in rows['kd_cwd_s1']
+    assert '--d_kl' in rows['kd_kl_s0'] and '--d_off_last 3' in rows['kd_off_last_s0']
+    assert all('--imgsz 320' in c and '--device cpu' in c and '--epochs' in c for c in rows.values())
+    assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
+    assert r.stdout.count('compare.py') == 2
+    assert not (tmp_path / 'runs').exists()
+
+    gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
+    assert list(gpu) == ['teacher_lab', 'lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1',
+                         'lab_pseudo_s0', 'lab_pseudo_s1']
+    assert all('--imgsz 640' in c and '--batch-size 64' in c for c in gpu.values())
+    assert 'labelled_f50_s0.yaml' in gpu['lab_kd_s0'] and 'pseudo.yaml' in gpu['lab_pseudo_s1']
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_row_selection(tmp_path):
+    r = run_script(tmp_path, ROW='kd_cwd base_s1')
+    assert list(planned(r.stdout)) == ['kd_cwd_s0', 'kd_cwd_s1', 'base_s1']
+    assert 'compare.py' not in r.stdout
+    bad = run_script(tmp_path, ROW='kd_typo')
+    assert bad.returncode == 2 and "unknown row 'kd_typo'" in bad.stderr
+    pending = run_script(tmp_path, ISSUE='14', ROW='lab_unlab_kd')
+    assert pending.returncode == 2 and 'not runnable yet' in pending.stderr
