@@ -19,35 +19,42 @@ def best_map_from_results(csv_path):
     return max(values)
 
 
+def _val_map(model, data, opt):
+    """(mAP@0.5:0.95, mAP@0.5) of a model on the val split at the training image size, at fp32.
+
+    Builds its own loader from the data dict; the model is left exactly as it was (evaluate() works
+    on a float copy of a half teacher).
+    """
+    from utils.evaluate import build_loader, evaluate, print_results
+    stride = max(int(model.stride.max()), 32)
+    loader = build_loader(data, "val", opt.imgsz, opt.batch_size * 2, stride, opt.single_cls, opt.workers)
+    res = evaluate(model, loader, half=False, single_cls=opt.single_cls, nc=int(data["nc"]), leave_bar=False)
+    print_results(res)
+    return float(res.map), float(res.map50)
+
+
 def teacher_map(teacher, data, opt):
-    """The teacher's mAP@0.5:0.95 on the val set, at the training image size."""
-    import val as validator
-    results, _, _ = validator.run(data, model=teacher.float(), imgsz=opt.imgsz, batch_size=opt.batch_size * 2,
-                                  device=opt.device, workers=opt.workers, plots=False, half=False,
-                                  single_cls=opt.single_cls)
-    return float(results[3]), float(results[2])
+    """The teacher's mAP@0.5:0.95 and mAP@0.5 on the val set, at the training image size."""
+    return _val_map(teacher, data, opt)
 
 
-def reference_map(opt):
+def reference_map(opt, data, device="cpu"):
     """What the teacher must beat: a baseline results.csv / weights given to --t_val, else nothing."""
     ref = opt.t_val if isinstance(opt.t_val, str) else None
     if not ref:
         return None, None
     if Path(ref).suffix == ".csv":
         return best_map_from_results(ref), f"best mAP@0.5:0.95 of the baseline {ref}"
-    import val as validator
-    results, _, _ = validator.run(opt.data, weights=ref, imgsz=opt.imgsz, batch_size=opt.batch_size * 2,
-                                  device=opt.device, workers=opt.workers, plots=False, half=False)
-    return float(results[3]), f"mAP@0.5:0.95 of the student baseline {ref}"
+    from models.checkpoint import load_model
+    model, _ = load_model(ref, device=device)
+    return _val_map(model, data, opt)[0], f"mAP@0.5:0.95 of the student baseline {ref}"
 
 
 def warn_if_teacher_not_better(teachers, data, opt):
     """Print each teacher's val mAP; a loud warning when one does not clearly beat the baseline."""
-    ref, what = reference_map(opt)
-    device_dtypes = [next(t.parameters()).dtype for t in teachers]
-    for teacher, dtype in zip(teachers, device_dtypes):
+    ref, what = reference_map(opt, data, next(teachers[0].parameters()).device)
+    for teacher in teachers:
         m, m50 = teacher_map(teacher, data, opt)
-        teacher.to(dtype)  # back to the precision it distils in
         print(f"Teacher {teacher.source}: mAP@0.5 {m50:.4f}, mAP@0.5:0.95 {m:.4f}")
         if ref is not None and m < ref + CLEAR_MARGIN:
             print("\n" + "!" * 80 + f"\nWARNING: teacher {teacher.source} (mAP@0.5:0.95 {m:.4f}) is not clearly "

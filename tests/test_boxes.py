@@ -155,3 +155,48 @@ def test_nms_reproduces_original_yolov5_output():
     for got, want in zip(out, expected):
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-4)
+
+
+def flood(bs=2, n=3000, nc=20, seed=0):
+    """An untrained model's output: many overlapping boxes, every class score above conf 0.001."""
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.rand(bs, n, 5 + nc, generator=g)
+    pred[..., :2] = pred[..., :2] * 200
+    pred[..., 2:4] = pred[..., 2:4] * 60 + 5
+    return pred
+
+
+def reference_nms(x, conf_thres, iou_thres, max_det, max_nms):
+    """Every candidate built and fully sorted before the cut (what the top-k must equal)."""
+    nc = x.shape[1] - 5
+    scores = x[:, 5:] * x[:, 4:5]
+    i, j = (scores > conf_thres).nonzero().T
+    cand = torch.cat((xywh2xyxy(x[i, :4]), scores[i, j, None], j[:, None].float()), 1)
+    cand = cand[cand[:, 4].argsort(descending=True, stable=True)[:max_nms]]
+    keep = torchvision.ops.batched_nms(cand[:, :4], cand[:, 4], cand[:, 5], iou_thres)[:max_det]
+    return cand[keep], nc
+
+
+@pytest.mark.parametrize("max_nms", [30000, 5000])
+def test_nms_pre_top_k_equals_sorting_every_candidate(max_nms):
+    pred = flood()
+    out = non_max_suppression(pred, 0.001, 0.6, multi_label=True, max_det=300, max_nms=max_nms)
+    for x, got in zip(pred, out):
+        x = x[x[:, 4] > 0.001]
+        want, _ = reference_nms(x, 0.001, 0.6, 300, max_nms)
+        assert got.shape == want.shape and len(got) == 300
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))  # equal scores: any order
+        assert torch.equal(got[:, 4], want[:, 4])
+
+
+def test_nms_has_no_time_limit(monkeypatch):
+    """Results never depend on machine load: a clock jumping 100 s per call changes nothing
+    (YOLOv5's per-batch time limit left the later images of a slow batch without detections)."""
+    import time
+    import utils.boxes as boxes
+    pred = flood(bs=4, n=500, nc=5)
+    expected = non_max_suppression(pred, 0.001, 0.6, multi_label=True)
+    clock = iter(range(0, 10 ** 6, 100))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    got = boxes.non_max_suppression(pred, 0.001, 0.6, multi_label=True)
+    assert all(len(g) > 0 and torch.equal(g, e) for g, e in zip(got, expected))

@@ -175,3 +175,38 @@ def test_without_clutter_yolov5_ap_exceeds_coco_by_its_tail(tmp_path):
     ours50, _ = ours_map(images)
     coco50, _ = coco_map(images, tmp_path)
     assert ours50 - coco50 > 0.03
+
+
+def match_per_threshold_reference(detections, labels, iouv=IOU_THRESHOLDS):
+    """The former implementation (a CPU transfer per IoU threshold), kept to pin the result."""
+    correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
+    iou = box_iou(labels[:, 1:5], detections[:, :4])
+    same_class = labels[:, 0:1] == detections[:, 5]
+    for k, thr in enumerate(iouv.tolist()):
+        li, di = torch.where((iou >= thr) & same_class)
+        if li.shape[0]:
+            matches = torch.stack((li.double(), di.double(), iou[li, di].double()), 1).cpu().numpy()
+            if matches.shape[0] > 1:
+                matches = matches[matches[:, 2].argsort()[::-1]]
+                matches = matches[np.unique(matches[:, 1], return_index=True)[1]]
+                matches = matches[np.unique(matches[:, 0], return_index=True)[1]]
+            correct[matches[:, 1].astype(int), k] = True
+    return correct
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_match_predictions_one_transfer_per_image_same_result(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, m, nc = 200, 30, 3
+    lxy = torch.rand(m, 2, generator=g) * 300
+    labels = torch.cat((torch.randint(0, nc, (m, 1), generator=g).float(), lxy,
+                        lxy + torch.rand(m, 2, generator=g) * 80 + 10), 1)
+    src = labels[torch.randint(0, m, (n,), generator=g)]  # detections jittered around the labels
+    box = src[:, 1:5] + torch.randn(n, 4, generator=g) * 8
+    cls = torch.where(torch.rand(n, generator=g) < 0.8, src[:, 0], torch.randint(0, nc, (n,), generator=g).float())
+    dets = torch.cat((box, torch.rand(n, 1, generator=g), cls[:, None]), 1)
+    dets = dets[dets[:, 4].argsort(descending=True)]
+    got = match_predictions(dets, labels)
+    want = match_per_threshold_reference(dets, labels)
+    assert got.numpy().any() and (~got.numpy()).any()
+    assert np.array_equal(got.numpy(), want)

@@ -1,6 +1,5 @@
 """Box formats, IoU and non-maximum suppression (YOLOv5 semantics on top of torchvision.ops)."""
 import math
-import time
 
 import numpy as np
 import torch
@@ -150,28 +149,41 @@ def _hybrid_candidates(lb, nc, width, device):
     return v
 
 
-def _candidates(x, conf_thres, multi_label, nc):
-    """Rows of (x1, y1, x2, y2, conf, cls) from one image's decoded predictions; conf = obj * cls."""
+def _candidates(x, conf_thres, multi_label, nc, classes=None, max_nms=MAX_NMS):
+    """At most max_nms rows (x1, y1, x2, y2, conf, cls), best first, from one image's predictions.
+
+    conf = obj * cls. Only the max_nms best scores are gathered (a top-k, not a sort of every
+    candidate), so an untrained model's flood of boxes costs a bounded amount of work.
+    """
     scores = x[:, 5:5 + nc] * x[:, 4:5]
-    box = xywh2xyxy(x[:, :4])
     if multi_label:
-        i, j = (scores > conf_thres).nonzero(as_tuple=False).T
-        return torch.cat((box[i], scores[i, j, None], j[:, None].float()), 1)
-    conf, j = scores.max(1, keepdim=True)
-    return torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            scores = scores * torch.isin(torch.arange(nc, device=x.device), _as_tensor(classes, x.device))
+        cls = None
+    else:
+        scores, cls = scores.max(1, keepdim=True)
+        if classes is not None:
+            scores = scores * torch.isin(cls, _as_tensor(classes, x.device))
+    flat = scores.flatten()
+    conf, idx = flat.topk(min(max_nms, int((flat > conf_thres).sum())))
+    i, j = (idx // nc, idx % nc) if multi_label else (idx, cls.view(-1)[idx])
+    return torch.cat((xywh2xyxy(x[i, :4]), conf[:, None], j[:, None].float()), 1)
+
+
+def _as_tensor(classes, device):
+    return torch.as_tensor(classes, device=device).view(-1)
 
 
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
-                        multi_label=False, labels=(), max_det=300, time_limit=None):
+                        multi_label=False, labels=(), max_det=300, max_nms=MAX_NMS):
     """Per-class NMS on decoded YOLOv5 output [B, N, 5 + nc] (xywh pixels, sigmoid scores).
 
     Returns a list of B tensors [n, 6] = (x1, y1, x2, y2, conf, cls), best first.
     `labels` (per image, rows cls, xc, yc, w, h in pixels) are added as certain predictions
     (YOLOv5's --save-hybrid autolabelling). Classes never suppress each other unless `agnostic`:
     batched_nms offsets each class by the largest coordinate, the job YOLOv5's max_wh offset does.
-    `time_limit` (seconds per batch, default YOLOv5's 0.5 + 0.05 * batch) stops early with a warning,
-    leaving later images empty: it keeps an untrained model's flood of boxes from stalling training.
-    Pass math.inf where results must not depend on machine load (stand-alone validation).
+    The work per image is bounded up front (the `max_nms` best candidates by score, YOLOv5's max_nms),
+    so there is no time limit: results never depend on how busy the machine is.
     """
     if not 0 <= conf_thres <= 1:
         raise ValueError(f"conf_thres={conf_thres} is not in [0, 1]")
@@ -183,8 +195,6 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
         raise ValueError(f"prediction must be [batch, anchors, 5 + nc], got {tuple(prediction.shape)}")
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     multi_label &= nc > 1  # one class: nothing to gain from several labels per box
-    time_limit = 0.5 + 0.05 * bs if time_limit is None else time_limit
-    t0 = time.time()
     output = [torch.zeros((0, 6), device=prediction.device)] * bs
     keep_mask = prediction[..., 4] > conf_thres
     for xi, x in enumerate(prediction):
@@ -193,18 +203,10 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
             x = torch.cat((x, _hybrid_candidates(labels[xi], nc, x.shape[1], x.device)), 0)
         if not x.shape[0]:
             continue
-        x = _candidates(x.float(), conf_thres, multi_label, nc)
-        if classes is not None:
-            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        x = _candidates(x.float(), conf_thres, multi_label, nc, classes, max_nms)
         if not x.shape[0]:
             continue
-        x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]  # cap candidates, best first
         groups = torch.zeros_like(x[:, 5]) if agnostic else x[:, 5]
         keep = torchvision.ops.batched_nms(x[:, :4], x[:, 4], groups, iou_thres)[:max_det]
         output[xi] = x[keep]
-        if time.time() - t0 > time_limit:
-            # printed every time (a warnings.warn would show once): each hit changes the metrics
-            print(f"WARNING: NMS time limit {time_limit:.3f}s exceeded; images {xi + 1}-{bs - 1} "
-                  f"of this batch keep no detections")
-            break
     return output

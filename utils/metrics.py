@@ -1,6 +1,4 @@
 """Detection metrics: matching, AP per class (YOLOv5 v7 method), confusion matrix, fitness."""
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -37,16 +35,13 @@ def compute_ap(recall, precision):
     return ap, mpre, mrec
 
 
-def _as_names(names):
-    return dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names or {})
-
-
-def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16, prefix=""):
-    """AP per class from matched predictions (YOLOv5 v7).
+def pr_curves(tp, conf, pred_cls, target_cls, eps=1e-16):
+    """Precision/recall curves and AP per class from matched predictions (YOLOv5 v7).
 
     tp [n, 10] bool (correct at each IoU threshold), conf [n], pred_cls [n], target_cls [m].
-    P, R and F1 are read at the confidence that maximises the (smoothed) class-mean F1.
-    Returns (tp, fp, p, r, f1, ap [nc, 10], unique_classes) over the classes present in target_cls.
+    Returns a dict over the classes present in target_cls: classes, nt (labels per class),
+    px (confidence grid), p, r, f1 [nc, len(px)] against confidence, py (precision at the recall grid
+    px, mAP@0.5 curve, [len(px), nc]) and ap [nc, 10]. Plotting lives in utils.plots.
     """
     tp, conf, pred_cls, target_cls = (np.asarray(a) for a in (tp, conf, pred_cls, target_cls))
     if tp.ndim == 1:
@@ -55,8 +50,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     unique_classes, nt = np.unique(target_cls, return_counts=True)
     nc = unique_classes.shape[0]
-    px, py = np.linspace(0, 1, CURVE_POINTS), []
-    ap = np.zeros((nc, tp.shape[1]))
+    px = np.linspace(0, 1, CURVE_POINTS)
+    ap, py = np.zeros((nc, tp.shape[1])), np.zeros((CURVE_POINTS, nc))
     p, r = np.zeros((nc, CURVE_POINTS)), np.zeros((nc, CURVE_POINTS))
     for ci, c in enumerate(unique_classes):
         i = pred_cls == c
@@ -72,27 +67,24 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
         for j in range(tp.shape[1]):
             ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
-            if plot and j == 0:
-                py.append(np.interp(px, mrec, mpre))  # precision at recall grid (mAP@0.5 curve)
+            if j == 0:
+                py[:, ci] = np.interp(px, mrec, mpre)  # precision at recall grid (mAP@0.5 curve)
     f1 = 2 * p * r / (p + r + eps)
-    if plot:
-        _plot_curves(px, py, ap, p, r, f1, Path(save_dir), names, unique_classes, prefix)
-    i = smooth(f1.mean(0), 0.1).argmax()
-    p, r, f1 = p[:, i], r[:, i], f1[:, i]
-    tp = (r * nt).round()
+    return dict(classes=unique_classes.astype(int), nt=nt, px=px, p=p, r=r, f1=f1, py=py, ap=ap)
+
+
+def ap_per_class(tp, conf, pred_cls, target_cls, eps=1e-16, curves=None):
+    """AP per class from matched predictions (YOLOv5 v7); `curves` = pr_curves(...) when already made.
+
+    P, R and F1 are read at the confidence that maximises the (smoothed) class-mean F1.
+    Returns (tp, fp, p, r, f1, ap [nc, 10], unique_classes) over the classes present in target_cls.
+    """
+    c = curves if curves is not None else pr_curves(tp, conf, pred_cls, target_cls, eps)
+    i = smooth(c["f1"].mean(0), 0.1).argmax()
+    p, r, f1 = c["p"][:, i], c["r"][:, i], c["f1"][:, i]
+    tp = (r * c["nt"]).round()
     fp = (tp / (p + eps) - tp).round()
-    return tp, fp, p, r, f1, ap, unique_classes.astype(int)
-
-
-def _plot_curves(px, py, ap, p, r, f1, save_dir, names, unique_classes, prefix):
-    from utils.plots import plot_mc_curve, plot_pr_curve  # matplotlib only when plotting
-    names = _as_names(names)
-    present = {k: v for k, v in names.items() if k in set(unique_classes.tolist())}
-    present = dict(enumerate(present.values()))
-    plot_pr_curve(px, py, ap, save_dir / f"{prefix}PR_curve.png", present)
-    plot_mc_curve(px, f1, save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
-    plot_mc_curve(px, p, save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
-    plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
+    return tp, fp, p, r, f1, c["ap"], c["classes"]
 
 
 def _unique_pairs(matches):
@@ -116,12 +108,12 @@ def match_predictions(detections, labels, iouv=IOU_THRESHOLDS):
     correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
     if detections.shape[0] and labels.shape[0]:
         iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
-        same_class = labels[:, 0:1] == detections[:, 5]
+        iou = (iou * (labels[:, 0:1] == detections[:, 5])).cpu().numpy()  # one transfer per image
         for k, thr in enumerate(iouv.tolist()):
-            li, di = torch.where((iou >= thr) & same_class)
+            li, di = np.nonzero(iou >= thr)
             if not li.shape[0]:
                 continue
-            matches = torch.stack((li.double(), di.double(), iou[li, di].double()), 1).cpu().numpy()
+            matches = np.stack((li, di, iou[li, di]), 1).astype(np.float64)
             if matches.shape[0] > 1:
                 matches = _unique_pairs(matches)
             correct[matches[:, 1].astype(int), k] = True
@@ -172,7 +164,3 @@ class ConfusionMatrix:
         tp = self.matrix.diagonal()
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
-
-    def plot(self, normalize=True, save_dir="", names=()):
-        from utils.plots import plot_confusion_matrix
-        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.boxes import xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.metrics import smooth  # noqa: E402
 
 MAX_MOSAIC_SIZE = 1920  # pixels, longest side of a plotted batch
 MAX_SUBPLOTS = 16  # images per batch mosaic
@@ -89,10 +90,13 @@ def _finish(fig, ax, save_path, xlabel, ylabel):
 
 
 def plot_pr_curve(px, py, ap, save_path="pr_curve.png", names=()):
-    """Precision-recall curve per class (legend when fewer than 21) and the class mean."""
+    """Precision-recall curve per class (legend when fewer than 21) and the class mean.
+
+    py: precision at the recall grid px, [len(px), nc].
+    """
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
-    py = np.stack(py, axis=1) if len(py) else np.zeros((len(px), 0))
+    py = np.asarray(py).reshape(len(px), -1)
     for i, y in enumerate(py.T):
         label = f"{names.get(i, i)} {ap[i, 0]:.3f}" if 0 < len(names) < MAX_CURVE_LEGEND else None
         ax.plot(px, y, linewidth=1, color="grey" if label is None else None, label=label)
@@ -104,7 +108,6 @@ def plot_pr_curve(px, py, ap, save_path="pr_curve.png", names=()):
 
 def plot_mc_curve(px, py, save_path="mc_curve.png", names=(), xlabel="Confidence", ylabel="Metric"):
     """A metric (F1, P or R) against confidence per class, and the smoothed class mean with its peak."""
-    from utils.metrics import smooth
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
     py = np.asarray(py)
@@ -116,6 +119,17 @@ def plot_mc_curve(px, py, save_path="mc_curve.png", names=(), xlabel="Confidence
         ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}")
     ax.set_title(f"{ylabel}-Confidence Curve")
     _finish(fig, ax, save_path, xlabel, ylabel)
+
+
+def plot_pr_curves(curves, save_dir, names=(), prefix=""):
+    """PR, F1, P and R curves of utils.metrics.pr_curves(...) output, as YOLOv5 saves them."""
+    names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names or {})
+    present = dict(enumerate(names.get(int(c), str(c)) for c in curves["classes"]))
+    px, save_dir = curves["px"], Path(save_dir)
+    plot_pr_curve(px, curves["py"], curves["ap"], save_dir / f"{prefix}PR_curve.png", present)
+    plot_mc_curve(px, curves["f1"], save_dir / f"{prefix}F1_curve.png", present, ylabel="F1")
+    plot_mc_curve(px, curves["p"], save_dir / f"{prefix}P_curve.png", present, ylabel="Precision")
+    plot_mc_curve(px, curves["r"], save_dir / f"{prefix}R_curve.png", present, ylabel="Recall")
 
 
 def plot_confusion_matrix(matrix, save_path="confusion_matrix.png", names=(), normalize=True):

@@ -17,11 +17,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-import val as validator
 from models.checkpoint import load_checkpoint, load_model, save_checkpoint, strip_checkpoint
 from models.yolo import Model, model_summary
 from utils.autoanchor import check_anchors
 from utils.datasets import check_dataset, create_dataloader
+from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
 from utils.loss import ComputeLoss
@@ -352,13 +352,13 @@ class Trainer:
         return imgs
 
     # ------------------------------------------------------------------ epoch end
-    def _validate(self, model=None, plots=False):
-        results, _, _ = validator.run(
-            self.data, batch_size=self.opt.batch_size // WORLD_SIZE * 2, imgsz=self.opt.imgsz,
-            half=self.cuda and self.opt.amp, model=model or self.ema.ema, single_cls=self.opt.single_cls,
-            dataloader=self.val_loader, save_dir=self.save_dir, plots=plots,
-            compute_loss=self.compute_loss, names=self.names)
-        return tuple(float(x) for x in results)
+    def _validate(self):
+        """Per-epoch validation of the EMA (on a half copy under CUDA AMP; the EMA itself stays fp32)."""
+        res = evaluate(self.ema.ema, self.val_loader, half=self.cuda and self.opt.amp,
+                       single_cls=self.opt.single_cls, nc=self.nc, names=self.names,
+                       compute_loss=self.compute_loss, leave_bar=False)
+        print_results(res)
+        return res.as_tuple()
 
     def _log_epoch(self, epoch, train_items, results, lrs):
         row = {"epoch": epoch}
@@ -410,12 +410,11 @@ class Trainer:
             model, _ = load_model(best, device=self.device)
             model.hyp, model.nc = self.hyp, self.nc
             print(f"\nValidating {best}...")
-            results, _, _ = validator.run(
-                self.data, batch_size=self.opt.batch_size // WORLD_SIZE * 2, imgsz=self.opt.imgsz,
-                model=model, dataloader=self.val_loader, save_dir=self.save_dir, plots=not self.opt.noplots,
-                verbose=True, compute_loss=self.compute_loss, names=self.names, half=False,
-                nms_time_limit=math.inf)  # the reported figure must not depend on machine load
-            results = tuple(float(x) for x in results)
+            res = evaluate(model, self.val_loader, half=False, single_cls=self.opt.single_cls, nc=self.nc,
+                           names=self.names, compute_loss=self.compute_loss, plots=not self.opt.noplots,
+                           save_dir=self.save_dir)
+            print_results(res, per_class=True)
+            results = res.as_tuple()
         if not self.opt.noplots:
             from utils.plots import plot_results
             plot_results(self.save_dir / "results.csv")
