@@ -357,4 +357,5 @@ def main(opt):
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+    run_cli(main, parse_opt)

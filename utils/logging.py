@@ -42,6 +42,10 @@ class ResultsLogger:
                     self.tb.add_scalar(k, float(v), epoch)
             self.tb.flush()
 
+    def start_fresh(self):
+        """A new run in an existing folder (--exist-ok) writes its own results.csv, not rows under the old header."""
+        self.csv_path.unlink(missing_ok=True)
+
     def truncate_after(self, epoch):
         """Drop rows after `epoch` (a resumed run re-does the epoch the crash interrupted)."""
         if not self.csv_path.exists():
