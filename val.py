@@ -161,7 +161,6 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         device = select_device(device, batch_size=batch_size)
         half &= device.type == "cuda"  # fp16 only pays (and is only supported well) on CUDA
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-        (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         model, meta = _load_standalone(weights, device, half)
         imgsz = check_imgsz(imgsz or meta.get("imgsz") or 640, int(model.stride.max()))[0]  # square
     if not isinstance(data, dict):
@@ -180,6 +179,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
             model(torch.zeros(1, 3, imgsz, imgsz, device=device).to(next(model.parameters()).dtype))
         dataloader = _build_dataloader(data, task, imgsz, batch_size, int(model.stride.max()),
                                        single_cls, workers)
+        (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)  # inputs are good
     names = _resolve_names(names, model, nc)
     class_map = coco80_to_coco91_class() if is_coco else list(range(1000))
     state = _evaluate(model, dataloader, device, half, conf_thres, iou_thres, max_det, single_cls,

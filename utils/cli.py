@@ -14,6 +14,7 @@ This module imports nothing heavy: the library classes are looked up in `sys.mod
 arrives (a CheckpointError can only have been raised once models.checkpoint was imported).
 """
 import argparse
+import linecache
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,14 +36,17 @@ def one_line(message):
 
 
 def _raised_by_project(e):
-    """True when the innermost frame of e's traceback is the project's own code, not a library."""
-    tb, filename = e.__traceback__, None
-    while tb is not None:
-        filename, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    if filename is None:
+    """True when e comes from a `raise` statement in the project's own code: a check that names the
+    problem. A ValueError from a library, or from a builtin such as int('x'), is a bug."""
+    tb = e.__traceback__
+    if tb is None:
         return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
     path = Path(filename).resolve()
-    return ROOT in path.parents and not {"site-packages", "dist-packages"} & set(path.parts)
+    in_project = ROOT in path.parents and not {"site-packages", "dist-packages"} & set(path.parts)
+    return in_project and linecache.getline(filename, tb.tb_lineno).strip().startswith("raise")
 
 
 def _registered_classes(extra=()):
