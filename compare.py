@@ -19,7 +19,6 @@ import argparse
 import csv
 import glob
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -373,7 +372,5 @@ def parse_opt(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        run(**vars(parse_opt()))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'compare.py: error: {e}')
+    from utils.cli import run_cli
+    run_cli(lambda opt: run(**vars(opt)), parse_opt)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywh
+from utils.cli import UserError
 from utils.files import increment_path
 from utils.plots import Annotator, colors
 from utils.sources import LoadSources, check_imgsz, collect_files
@@ -33,13 +34,13 @@ CROP_GAIN, CROP_PAD = 1.02, 10  # crops are slightly larger than the box, as YOL
 def check_display():
     """--view-img needs a window system; fail before inference rather than deep inside cv2."""
     if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
-        raise RuntimeError('--view-img needs a display, but this machine is headless (no $DISPLAY); '
+        raise UserError('--view-img needs a display, but this machine is headless (no $DISPLAY); '
                            'drop --view-img and look at the saved results instead')
     try:
         cv2.namedWindow('yolov5-distill check', cv2.WINDOW_NORMAL)
         cv2.destroyWindow('yolov5-distill check')
     except cv2.error as e:
-        raise RuntimeError(f'--view-img: this OpenCV build cannot open windows ({e}); '
+        raise UserError(f'--view-img: this OpenCV build cannot open windows ({e}); '
                            f'install opencv-python (not -headless) or drop --view-img') from e
 
 
@@ -115,7 +116,7 @@ class ResultWriter:
             save_path = str(Path(save_path).with_suffix('.mp4'))  # mp4v is the one codec we rely on
             self.vid_writer = cv2.VideoWriter(save_path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
             if not self.vid_writer.isOpened():
-                raise RuntimeError(f'cannot write video {save_path}: this OpenCV build lacks the mp4v codec')
+                raise UserError(f'cannot write video {save_path}: this OpenCV build lacks the mp4v codec')
         self.vid_writer.write(im0)
 
     def release(self):
@@ -155,7 +156,7 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
     out = OutputOptions(save_dir, names, save_txt, save_conf, save_crop, line_thickness, hide_labels, hide_conf)
     writer, seen, times = ResultWriter(), 0, np.zeros(3)
     try:
-        for path, im, im0, cap, s in dataset:
+        for path, im, im0, cap, s in readable_items(dataset):
             det, dt = predict(model, im, device, half, opts)
             times += dt
             seen += 1
@@ -171,6 +172,23 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
         writer.release()
     report(times, seen, imgsz, save_dir, save_txt, nosave)
     return save_dir
+
+
+def readable_items(dataset):
+    """The dataset's items; an image OpenCV cannot decode is reported and skipped, as YOLOv5 does."""
+    items = iter(dataset)
+    while True:
+        position = dataset.count
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except ValueError as e:
+            if dataset.count == position:  # the source did not move on: skipping would loop forever
+                raise
+            print(f'WARNING: {e}; skipped')
+            continue
+        yield item
 
 
 def predict(model, im, device, half, opts):
@@ -274,7 +292,5 @@ def main(opt):
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_opt())
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f'detect.py: error: {e}')
+    from utils.cli import run_cli
+    run_cli(main, parse_opt)

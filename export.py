@@ -11,7 +11,6 @@ Files are written next to the weights (or to --project), e.g. best.onnx, best.to
 """
 import argparse
 import json
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -235,7 +234,5 @@ def main(opt):
 
 
 if __name__ == '__main__':
-    try:
-        main(parse_opt())
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f'export.py: error: {e}')
+    from utils.cli import run_cli
+    run_cli(main, parse_opt, user_errors=(ExportCheckError,))

@@ -8,17 +8,19 @@ Usage (YOLOv5 flags):
     torchrun --nproc_per_node 2 train.py --device 0,1 ...   # DDP
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
 from models.checkpoint import load_checkpoint
+from utils.cli import UserError, run_cli
 from utils.files import increment_path, newest_last_checkpoint, resolve_file, yaml_load
 from utils.logging import setup_cli_logging
 from utils.torch_utils import LOCAL_RANK, RANK
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_CFG = "yolov5n.yaml"  # the demo's model when neither --cfg nor --weights is given
+DEFAULT_WORKERS = 2
 UNSUPPORTED = {"evolve": "--evolve (hyperparameter evolution)", "image_weights": "--image-weights",
                "quad": "--quad"}
 
@@ -27,7 +29,9 @@ def build_parser():
     """train.py's flags; train_distillation.py adds its own to this same parser."""
     p = argparse.ArgumentParser(description="Train YOLOv5", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", type=str, default="", help="initial weights (.pt); '' trains from scratch")
-    p.add_argument("--cfg", type=str, default="yolov5n.yaml", help="model YAML (models/yolov5{n,s,m,l,x}.yaml)")
+    p.add_argument("--cfg", type=str, default="",
+                   help="model YAML (models/yolov5{n,s,m,l,x}.yaml); default: the --weights checkpoint's "
+                        f"architecture, or {DEFAULT_CFG} from scratch")
     p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset YAML")
     p.add_argument("--hyp", type=str, default="",
                    help="hyperparameter YAML (default: hyp.scratch-low.yaml; hyp.synthetic.yaml for synthetic data)")
@@ -43,12 +47,14 @@ def build_parser():
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="not supported (hyperparameter evolution)")
     p.add_argument("--cache", type=str, nargs="?", const="ram", choices=["ram", "disk"], help="cache images in ram or on disk")
     p.add_argument("--image-weights", action="store_true", help="not supported (weighted image sampling)")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--device", default=None, help="cuda device, i.e. 0 or 0,1,2,3 or cpu (default: first GPU, "
+                   "else cpu; --resume keeps the run's)")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm (DDP on CUDA only)")
-    p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per rank in DDP)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"max dataloader workers per rank (default {DEFAULT_WORKERS}; --resume keeps the run's)")
     p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
@@ -65,30 +71,82 @@ def build_parser():
 
 
 def parse_opt(argv=None, parser=None):
+    """Parse and check the flags; every bad value stops here, before any work, with one line."""
     opt = (parser or build_parser()).parse_args(argv)
     for key, what in UNSUPPORTED.items():
         if getattr(opt, key, None):
-            raise SystemExit(f"{what} is not supported by yolov5-distill yet; run without it")
+            raise UserError(f"{what} is not supported by yolov5-distill yet; run without it")
+    check_flag_values(opt)
+    if not opt.resume:  # a resumed run keeps its own device and workers unless given again
+        opt.device = "" if opt.device is None else opt.device
+        opt.workers = DEFAULT_WORKERS if opt.workers is None else opt.workers
     return opt
 
 
-def prepare_run(opt):
-    """Resolve --resume into the interrupted run's options, or pick a fresh runs/train/expN folder."""
+# flag -> (valid when, the valid range in words)
+FLAG_RANGES = {
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "imgsz": (lambda v: v >= 32, ">= 32 (rounded up to a multiple of the model stride)"),
+    "workers": (lambda v: v is None or v >= 0, ">= 0"),
+    "patience": (lambda v: v >= 0, ">= 0 (0 disables EarlyStopping)"),
+    "save_period": (lambda v: v == -1 or v >= 1, ">= 1, or -1 to disable"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "close_mosaic": (lambda v: v >= 0, ">= 0"),
+    "freeze": (lambda v: all(x >= 0 for x in v), ">= 0 (layer count, or layer indices)"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
+}
+
+
+def check_flag_values(opt):
+    for key, (valid, allowed) in FLAG_RANGES.items():
+        value = getattr(opt, key)
+        if not valid(value):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise UserError(f"--{key.replace('_', '-')} {shown}: must be {allowed}")
+    if opt.weights and not Path(opt.weights).is_file():
+        raise FileNotFoundError(f"--weights {opt.weights}: file not found (this project never downloads weights: "
+                                "pass a local .pt such as weights/demo_teacher_yolov5s.pt, or --weights '' "
+                                "to train from scratch)")
+
+
+def prepare_run(opt, distillation=False):
+    """Resolve --resume into the interrupted run's options, or pick a fresh runs/train/expN folder.
+
+    Everything that can refuse a --resume is checked here, before anything is written."""
     if opt.resume:
-        path = Path(opt.resume) if isinstance(opt.resume, str) else newest_last_checkpoint(ROOT / "runs")
-        if not path or not path.exists():
-            raise SystemExit(f"--resume: no checkpoint found ({path or 'no last.pt under runs/'})")
-        saved = load_checkpoint(path).get("opt")
-        if not saved:
-            raise SystemExit(f"--resume: {path} holds no training options; it is not a last.pt of this project")
-        keep = {"device": opt.device, "workers": opt.workers}  # the machine may differ after a crash
-        opt = argparse.Namespace(**{**saved, **keep})
-        opt.resume, opt.resume_path = str(path), str(path)
-        opt.save_dir = str(path.parent.parent)
-        return opt
+        return _resumed_options(opt, distillation)
     opt.resume_path = None
     opt.hyp = opt.hyp or default_hyp(opt.data)
+    if not opt.cfg and not opt.weights:
+        opt.cfg = DEFAULT_CFG
     opt.save_dir = str(_agreed_save_dir(opt))
+    return opt
+
+
+def _resumed_options(opt, distillation):
+    path = Path(opt.resume) if isinstance(opt.resume, str) else newest_last_checkpoint(ROOT / "runs")
+    if not path or not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint found ({path or 'no last.pt under runs/'})")
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("opt")
+    if not saved:
+        raise UserError(f"--resume {path}: it holds no training options; resume from a last.pt of this project")
+    if not ckpt.get("optimizer"):
+        raise UserError(f"--resume {path}: it holds no optimizer state (a finished run's best.pt is stripped); "
+                        f"resume from {path.parent / 'last.pt'}, or fine-tune it with --weights {path}")
+    if ckpt["epoch"] + 1 >= saved["epochs"]:
+        raise UserError(f"--resume {path}: the run already finished its {saved['epochs']} epochs; "
+                        f"to train more, start a new run with --weights {path}")
+    trained_with = "train_distillation.py" if saved.get("t_weights") else "train.py"
+    script = "train_distillation.py" if distillation else "train.py"
+    if trained_with != script:
+        raise UserError(f"--resume {path}: the run was trained with {trained_with}; "
+                        f"resume it with: python {trained_with} --resume {path}")
+    keep = {k: getattr(opt, k) for k in ("device", "workers") if getattr(opt, k) is not None}
+    opt = argparse.Namespace(**{**saved, **keep})  # the machine may differ after a crash
+    opt.resume, opt.resume_path = str(path), str(path)
+    opt.save_dir = str(path.parent.parent)
     return opt
 
 
@@ -123,15 +181,24 @@ def main(opt, extra_loss_factory=None):
     setup_cli_logging()
     init_distributed(opt)
     try:
-        opt = prepare_run(opt)
-        if getattr(opt, "t_weights", None) and extra_loss_factory is None:
-            raise SystemExit(f"{opt.save_dir} was trained with distillation (--t_weights {opt.t_weights}); "
-                             "resume it with train_distillation.py --resume")
-        return Trainer(opt, extra_loss_factory=extra_loss_factory).train()
+        opt = prepare_run(opt, distillation=extra_loss_factory is not None)
+        try:
+            return Trainer(opt, extra_loss_factory=extra_loss_factory).train()
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(opt, extra_loss_factory is not None)) from None
     finally:
         if LOCAL_RANK != -1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
+def interrupted_message(opt, distillation):
+    """Ctrl-C: one line saying where the last finished epoch is and how to continue from it."""
+    last = Path(opt.save_dir) / "weights" / "last.pt"
+    if not last.exists():
+        return "Interrupted before the first epoch finished: nothing saved to resume"
+    script = "train_distillation.py" if distillation else "train.py"
+    return f"Interrupted: the last finished epoch is saved in {last}; continue with: python {script} --resume {last}"
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main(parse_opt()) is not None else 1)
+    run_cli(main, parse_opt)

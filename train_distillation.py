@@ -9,7 +9,6 @@ Every train.py flag works here; the distillation flags add a term to the detecti
 The formulas of each term are in README.md ("Distillation methods").
 """
 import argparse
-import sys
 from pathlib import Path
 
 import train
@@ -52,4 +51,5 @@ def main(opt):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main(train.parse_opt(parser=build_parser())) is not None else 1)
+    from utils.cli import run_cli
+    run_cli(main, lambda: train.parse_opt(parser=build_parser()))

@@ -59,9 +59,9 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     if not single_cls and int(model.model[-1].nc) != nc:
         raise ValueError(f"{weights} has {int(model.model[-1].nc)} classes but {data.get('yaml_file', 'the data')} "
                          f"has nc={nc}; pass matching --weights and --data")
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     loader = build_loader(data, task, imgsz, batch_size, stride, single_cls, workers)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and data are good
+    (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":  # the first CUDA call pays for kernel selection; keep it out of the timings
         model(torch.zeros(1, 3, imgsz, imgsz, device=device).to(next(model.parameters()).dtype))
     class_map = coco80_to_coco91_class() if is_coco_dataset(data) else None
@@ -146,4 +146,5 @@ def main(opt):
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+    run_cli(main, parse_opt)

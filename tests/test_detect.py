@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import detect
+from utils.cli import UserError
 from models.checkpoint import model_checkpoint_fields, save_checkpoint
 from models.yolo import Model
 
@@ -147,7 +148,7 @@ def test_view_img_refused_when_headless(weights, image_dir, tmp_path, monkeypatc
     monkeypatch.delenv('DISPLAY', raising=False)
     monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
     monkeypatch.setattr(sys, 'platform', 'linux')
-    with pytest.raises(RuntimeError, match='headless'):
+    with pytest.raises(UserError, match='headless'):
         detect.run(weights=weights, source=str(image_dir), view_img=True, project=tmp_path, name='exp')
 
 

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny synthetic set: run folder, results.csv, checkpoints, resume, DDP."""
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +77,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
     assert resumed["epoch"] == epochs - 1
     assert _weights_equal(full["model"], resumed["model"])  # EMA weights
     assert _weights_equal(full["train_model"], resumed["train_model"])
+    assert full["early_stopping"] == resumed["early_stopping"]  # patience counts on after a resume
     strip = lambda rows: [{k: v for k, v in r.items() if k != "x/elapsed_s"} for r in rows]
     assert strip(read_rows(tmp_path / "full/results.csv")) == strip(read_rows(tmp_path / "killed/results.csv"))
 
@@ -105,3 +107,165 @@ def test_default_hyp_follows_the_dataset(tiny_data):
     from utils.files import yaml_load
     demo, low = yaml_load(ROOT / "data/hyps/hyp.synthetic.yaml"), yaml_load(ROOT / "data/hyps/hyp.scratch-low.yaml")
     assert demo.pop("nbs") == 16 and demo == low  # only the nominal batch differs
+
+
+# ---------------------------------------------------------------- flags, --weights, --resume, folders
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_data, tmp_path_factory):
+    """A finished 1-epoch run, trained at --imgsz 50 (not a multiple of the stride 32)."""
+    project = tmp_path_factory.mktemp("one_epoch")
+    args = tiny_train_args(tiny_data, project, "exp", epochs=1, extra=["--noval"])
+    args[args.index("--imgsz") + 1] = "50"
+    run_train(args)
+    return project / "exp"
+
+
+def test_img_is_rounded_up_to_the_stride(one_epoch_run):
+    from utils.files import yaml_load
+    assert yaml_load(one_epoch_run / "opt.yaml")["imgsz"] == 64
+    assert torch.load(one_epoch_run / "weights/last.pt", weights_only=True)["opt"]["imgsz"] == 64
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--batch-size", "-1"), ("--imgsz", "16"),
+    ("--workers", "-1"), ("--patience", "-1"), ("--save-period", "0"), ("--label-smoothing", "1.0"),
+    ("--label-smoothing", "-0.1"), ("--close-mosaic", "-1"), ("--freeze", "-2"), ("--seed", "-1"),
+])
+def test_bad_numeric_flag_stops_before_any_work(flag, value):
+    from utils.cli import UserError
+    with pytest.raises(UserError, match=f"^{flag} {value}: must be "):
+        train.parse_opt([flag, value])
+
+
+def test_missing_weights_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--weights .*missing.pt: file not found"):
+        train.parse_opt(["--weights", str(tmp_path / "missing.pt")])
+    with pytest.raises(FileNotFoundError, match="yolov5s: file not found"):  # not named .pt: still checked
+        train.parse_opt(["--weights", str(tmp_path / "yolov5s")])
+
+
+def _built_model(args, nc, capsys):
+    """The model Trainer._build_model makes for these flags, and the 'Transferred' line it printed."""
+    from utils.trainer import Trainer
+    opt = train.prepare_run(train.parse_opt([*args, "--device", "cpu"]))
+    trainer = Trainer(opt)
+    trainer.nc, trainer.names, trainer.hyp = nc, [f"c{i}" for i in range(nc)], {}
+    trainer.resume_ckpt, trainer.device = None, torch.device("cpu")
+    model = trainer._build_model()
+    return model, next((ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Transferred")), "")
+
+
+def test_weights_without_cfg_keeps_the_checkpoint_architecture(tmp_path, capsys):
+    teacher = ROOT / "weights/demo_teacher_yolov5s.pt"
+    model, line = _built_model(["--weights", str(teacher), "--project", str(tmp_path)], 8, capsys)
+    assert model.yaml["width_multiple"] == 0.5  # yolov5s, not the from-scratch default yolov5n
+    assert line.startswith("Transferred 349/349 "), line
+    scratch, line = _built_model(["--project", str(tmp_path)], 8, capsys)
+    assert scratch.yaml["width_multiple"] == 0.25 and not line  # no --weights: the demo's yolov5n
+    assert not list(tmp_path.iterdir())  # choosing a run folder creates nothing
+
+
+def test_a_file_that_is_no_checkpoint_is_refused(tmp_path, capsys):
+    from models.checkpoint import CheckpointError
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="notes.txt"):
+        _built_model(["--weights", str(notes), "--project", str(tmp_path)], 8, capsys)
+
+
+@pytest.mark.skipif(not (SHARED / "weights/yolov5n.pt").exists(), reason="../shared/weights/yolov5n.pt absent")
+@pytest.mark.parametrize("nc, transferred", [(80, "349/349"), (8, "343/349")])  # nc 8: the Detect convs differ
+def test_official_yolov5n_transfers_every_tensor(tmp_path, capsys, nc, transferred):
+    args = ["--weights", str(SHARED / "weights/yolov5n.pt"), "--project", str(tmp_path)]
+    _, line = _built_model(args, nc, capsys)
+    assert line.startswith(f"Transferred {transferred} "), line
+    _, line = _built_model([*args, "--cfg", "yolov5n.yaml"], nc, capsys)  # the same anchors: still all
+    assert line.startswith(f"Transferred {transferred} "), line
+
+
+def test_exist_ok_rerun_starts_a_fresh_results_csv(one_epoch_run, tiny_data, tmp_path):
+    shutil.copytree(one_epoch_run, tmp_path / "exp")
+    run_train(tiny_train_args(tiny_data, tmp_path, "exp", epochs=1, extra=["--noval", "--exist-ok"]))
+    rows = read_rows(tmp_path / "exp" / "results.csv")
+    assert [int(r["epoch"]) for r in rows] == [0]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _unfinished_copy(run, dst, **changes):
+    """A copy of `run` whose last.pt says it was meant to train 2 epochs (so it can be resumed)."""
+    from models.checkpoint import save_checkpoint
+    shutil.copytree(run, dst)
+    last = dst / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["opt"]["epochs"] = 2
+    ckpt.update(changes)
+    save_checkpoint(last, ckpt)
+    return last
+
+
+def test_refused_resume_names_the_fix_and_changes_nothing(one_epoch_run, tmp_path):
+    from utils.cli import UserError
+    last = _unfinished_copy(one_epoch_run, tmp_path / "exp")
+    cases = [
+        (["--resume", str(one_epoch_run / "weights/best.pt")], train.main, "no optimizer state .*last.pt"),
+        (["--resume", str(one_epoch_run / "weights/last.pt")], train.main, "already finished its 1 epochs"),
+        (["--resume", str(last)], lambda opt: train.main(opt, extra_loss_factory=object),
+         "trained with train.py; resume it with: python train.py --resume"),
+    ]
+    before = _snapshot(one_epoch_run), _snapshot(tmp_path)
+    for args, main, message in cases:
+        with pytest.raises(UserError, match=message):
+            main(train.parse_opt(args))
+    assert (_snapshot(one_epoch_run), _snapshot(tmp_path)) == before
+
+
+def test_resume_keeps_workers_device_and_early_stopping(one_epoch_run, tmp_path):
+    from utils.trainer import Trainer
+    saved_state = {"best_fitness": 0.5, "best_epoch": 0}
+    last = _unfinished_copy(one_epoch_run, tmp_path / "exp", early_stopping=saved_state)
+    opt = train.prepare_run(train.parse_opt(["--resume", str(last)]))
+    assert (opt.workers, opt.device) == (0, "cpu")  # the run's own, not the CLI defaults
+    assert train.prepare_run(train.parse_opt(["--resume", str(last), "--workers", "1"])).workers == 1
+    trainer = Trainer(opt)
+    trainer._setup()
+    assert trainer.stopper.state_dict() == saved_state
+    fresh = torch.load(one_epoch_run / "weights/last.pt", weights_only=True)["early_stopping"]
+    assert set(fresh) == {"best_fitness", "best_epoch"} and fresh["best_epoch"] == 0  # a fresh run saves it too
+
+
+def test_autoanchor_keeps_the_anchors_with_too_few_boxes(capsys):
+    from types import SimpleNamespace
+    import numpy as np
+    from models.yolo import Model
+    from utils.autoanchor import check_anchors
+    model = Model("yolov5n.yaml", nc=1)
+    before = model.model[-1].anchors.clone()
+    thin = np.array([[0, 0.5, 0.5, 0.9, 0.01]], dtype=np.float32)  # 576 x 6 px: no default anchor fits
+    dataset = SimpleNamespace(shapes=np.array([[640, 640]] * 3), labels=[thin] * 3)
+    assert check_anchors(dataset, model, imgsz=640) is False
+    assert torch.equal(model.model[-1].anchors, before)
+    assert "too few" in capsys.readouterr().out
+
+
+def test_ctrl_c_prints_the_resume_command(tiny_data, tmp_path):
+    args = tiny_train_args(tiny_data, tmp_path, "exp", epochs=50, extra=["--noval"])
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
+    assert proc.returncode == 130, stderr
+    assert lines[-1] == (f"Interrupted: the last finished epoch is saved in {last}; "
+                         f"continue with: python train.py --resume {last}"), stderr
+    assert "Traceback" not in stderr
+    assert not list(last.parent.glob("*.tmp"))

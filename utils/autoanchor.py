@@ -83,6 +83,10 @@ def check_anchors(dataset, model, thr=4.0, imgsz=640, seed=0):
     if bpr > 0.98:
         print(msg + "Current anchors are a good fit to the dataset.")
         return False
+    if len(wh) < anchors.shape[0]:  # k-means needs at least one box per anchor
+        print(msg + f"WARNING: only {len(wh)} usable label boxes, too few to compute {anchors.shape[0]} "
+              "anchors; keeping the config's anchors")
+        return False
     print(msg + "Anchors are a poor fit to the dataset, computing new ones...")
     new = kmean_anchors(wh, n=anchors.shape[0], thr=thr, seed=seed)
     new_bpr, _ = anchor_fit(new, wh, thr)

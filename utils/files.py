@@ -5,6 +5,8 @@ from pathlib import Path
 
 import yaml
 
+from utils.cli import UserError, one_line
+
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 
 
@@ -29,7 +31,10 @@ def increment_path(path, exist_ok=False, sep="", mkdir=False):
 def yaml_load(file):
     """Read a YAML file with the safe loader: a YAML never executes anything."""
     with open(file, errors="ignore") as f:
-        return yaml.safe_load(f) or {}
+        try:
+            return yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # a syntax error, or a tag such as !!python/object that safe_load refuses
+            raise UserError(f"{file} is not a valid plain-data YAML file: {one_line(e)}") from None
 
 
 def yaml_save(file, data):

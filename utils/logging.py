@@ -42,6 +42,10 @@ class ResultsLogger:
                     self.tb.add_scalar(k, float(v), epoch)
             self.tb.flush()
 
+    def start_fresh(self):
+        """A new run in an existing folder (--exist-ok) writes its own results.csv, not rows under the old header."""
+        self.csv_path.unlink(missing_ok=True)
+
     def truncate_after(self, epoch):
         """Drop rows after `epoch` (a resumed run re-does the epoch the crash interrupted)."""
         if not self.csv_path.exists():
@@ -76,11 +80,13 @@ def progress_text(epoch, epochs, mem_gb, losses, n_instances, imgsz):
 
 
 def setup_cli_logging(verbose=True):
-    """Show the project's 'yolov5' log records (model summary, data reports) as plain lines."""
+    """Show the project's 'yolov5' log records (model summary, data reports) as plain lines on stdout,
+    like the rest of a run's report: stderr carries only an error's one line (utils/cli.py)."""
     import logging
+    import sys
     logger = logging.getLogger("yolov5")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False

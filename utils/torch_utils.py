@@ -158,3 +158,10 @@ class EarlyStopping:
             print(f"Stopping early: no improvement in the last {self.patience} epochs "
                   f"(best epoch {self.best_epoch}). Raise --patience to train longer.")
         return stop
+
+    def state_dict(self):
+        """Saved in last.pt, so a resumed run counts patience from the same best epoch."""
+        return {"best_fitness": float(self.best_fitness), "best_epoch": int(self.best_epoch)}
+
+    def load_state_dict(self, state):
+        self.best_fitness, self.best_epoch = float(state["best_fitness"]), int(state["best_epoch"])

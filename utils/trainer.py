@@ -6,6 +6,7 @@ Distillation plugs in through `extra_loss_factory` (see docs/ARCHITECTURE.md), n
 """
 import math
 import random
+import shutil
 import time
 from copy import deepcopy
 from datetime import datetime
@@ -17,13 +18,16 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from models.checkpoint import load_checkpoint, load_model, save_checkpoint, strip_checkpoint
+from models.checkpoint import (build_from_checkpoint, load_checkpoint, load_model, save_checkpoint,
+                               strip_checkpoint)
 from models.yolo import Model, model_summary
 from utils.autoanchor import check_anchors
+from utils.cli import UserError
 from utils.datasets import check_dataset, create_dataloader
 from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
+from utils.sources import check_imgsz
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, de_parallel,
@@ -53,12 +57,25 @@ class Trainer:
         self.weights_dir = self.save_dir / "weights"
 
     # ------------------------------------------------------------------ setup
+    def _setup_or_clean_up(self):
+        """`_setup`, and when it fails (a user error, Ctrl-C) remove the run folder if it made it."""
+        made = [p for p in (self.save_dir, *self.save_dir.parents) if not p.exists()] if is_main_process() else []
+        try:
+            self._setup()
+        except BaseException:
+            if made:
+                shutil.rmtree(made[0], ignore_errors=True)
+                for empty in made[1:]:  # the project folders made on the way, only while nothing else is in them
+                    if empty.exists() and not any(empty.iterdir()):
+                        empty.rmdir()
+            raise
+
     def _setup(self):
         opt = self.opt
         self.device = select_device(opt.device, batch_size=opt.batch_size)
         self.cuda = self.device.type == "cuda"
         init_seeds(opt.seed + 1 + max(RANK, 0), deterministic=True)
-        if is_main_process():
+        if is_main_process():  # labels.jpg goes here during setup; a failed setup removes what it made
             self.weights_dir.mkdir(parents=True, exist_ok=True)
 
         self.resume_ckpt = load_checkpoint(opt.resume_path) if opt.resume_path else None
@@ -68,17 +85,13 @@ class Trainer:
             self.data = check_dataset(opt.data)
         self.nc = 1 if opt.single_cls else int(self.data["nc"])
         self.names = ["item"] if opt.single_cls and len(self.data["names"]) != 1 else self.data["names"]
-        if is_main_process():
-            yaml_save(self.save_dir / "hyp.yaml", self.hyp)
-            yaml_save(self.save_dir / "opt.yaml", vars(opt))
 
         self.model = self._build_model()
+        self.gs = max(int(self.model.stride.max()), 32)
+        opt.imgsz = check_imgsz(opt.imgsz, self.gs)[0]  # --img 100 -> 128 with a warning, as YOLOv5
         if is_main_process():
             model_summary(self.model, opt.imgsz, verbose=True)
         self._freeze_layers()
-        self.gs = max(int(self.model.stride.max()), 32)
-        if opt.imgsz % self.gs:
-            raise ValueError(f"--imgsz {opt.imgsz} must be a multiple of the max stride {self.gs}")
         self.nbs = int(self.hyp.get("nbs", NOMINAL_BATCH))
         self.accumulate = max(round(self.nbs / opt.batch_size), 1)
         self.hyp["weight_decay"] *= opt.batch_size * self.accumulate / self.nbs
@@ -96,9 +109,13 @@ class Trainer:
         self.ema = ModelEMA(self.model) if is_main_process() else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.start_epoch, self.best_fitness, self.elapsed, self.last_opt_step = 0, 0.0, 0.0, -1
+        self.stopper = EarlyStopping(patience=opt.patience)
         if self.resume_ckpt:
             self._restore_training_state(self.resume_ckpt)
         self._wrap_ddp()
+        if is_main_process():  # only a run that could start records its options
+            yaml_save(self.save_dir / "hyp.yaml", self.hyp_as_given)
+            yaml_save(self.save_dir / "opt.yaml", vars(opt))
 
     def _load_hyp(self):
         if self.resume_ckpt:  # a resumed run keeps the hyperparameters it started with
@@ -113,22 +130,23 @@ class Trainer:
         if self.resume_ckpt:
             model = Model(self.resume_ckpt["model_yaml"], nc=self.nc)
             model.load_state_dict(self.resume_ckpt["train_model"])
-        elif opt.weights and str(opt.weights).endswith(".pt"):
-            pretrained, meta = load_model(opt.weights)
+        elif opt.weights:  # the architecture is the checkpoint's unless --cfg overrides it
+            pretrained, _ = build_from_checkpoint(load_checkpoint(opt.weights))
             cfg = resolve_file(opt.cfg) if opt.cfg else pretrained.yaml
             model = Model(cfg, nc=self.nc, anchors=self.hyp.get("anchors"))
-            model.load_state_dict(self._transferable(pretrained.state_dict(), model), strict=False)
+            model.load_state_dict(self._transferable(pretrained, model), strict=False)
         else:
             if not opt.cfg:
-                raise ValueError("give --cfg (a model YAML such as yolov5s.yaml) or --weights (a .pt file)")
+                raise UserError("give --cfg (a model YAML such as yolov5s.yaml) or --weights (a .pt file)")
             model = Model(resolve_file(opt.cfg), nc=self.nc, anchors=self.hyp.get("anchors"))
         model.names = list(self.names)
         return model.to(self.device)
 
-    def _transferable(self, state, model):
-        """Pretrained tensors whose names and shapes match; anchors stay the new model's if overridden."""
-        own = model.state_dict()
-        skip_anchors = bool(self.opt.cfg or self.hyp.get("anchors"))
+    def _transferable(self, pretrained, model):
+        """Pretrained tensors whose names and shapes match; anchors stay the new model's when they were
+        overridden on purpose (hyp `anchors`, or a --cfg whose anchors differ from the checkpoint's)."""
+        own, state = model.state_dict(), pretrained.state_dict()
+        skip_anchors = bool(self.hyp.get("anchors")) or model.yaml.get("anchors") != pretrained.yaml.get("anchors")
         keep = {k: v for k, v in state.items()
                 if k in own and v.shape == own[k].shape and not (skip_anchors and "anchors" in k)}
         print(f"Transferred {len(keep)}/{len(own)} items from {self.opt.weights}")
@@ -194,8 +212,8 @@ class Trainer:
         self.elapsed = ckpt.get("elapsed_s", 0.0)
         self.last_opt_step = ckpt.get("last_opt_step", -1)
         self.scheduler.last_epoch = self.start_epoch - 1
-        if self.start_epoch >= self.opt.epochs:
-            raise ValueError(f"{self.opt.resume_path} already finished {self.opt.epochs} epochs; nothing to resume")
+        if ckpt.get("early_stopping"):  # patience counts on from the interrupted run, not from zero
+            self.stopper.load_state_dict(ckpt["early_stopping"])
         print(f"Resuming training from {self.opt.resume_path} at epoch {self.start_epoch}")
 
     def _wrap_ddp(self):
@@ -209,15 +227,15 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self):
         """Run all epochs; returns the final validation results (P, R, mAP50, mAP, val losses)."""
-        self._setup()
+        self._setup_or_clean_up()
         opt = self.opt
         nb = len(self.train_loader)
         self.warmup_iters = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] else 0
-        stopper = EarlyStopping(patience=opt.patience)
+        stopper = self.stopper
         results = (0.0,) * 7
         self.logger = ResultsLogger(self.save_dir, tensorboard=is_main_process()) if is_main_process() else None
-        if self.logger and self.resume_ckpt:
-            self.logger.truncate_after(self.start_epoch - 1)
+        if self.logger:  # --resume continues results.csv; a fresh run (even with --exist-ok) starts it anew
+            self.logger.truncate_after(self.start_epoch - 1) if self.resume_ckpt else self.logger.start_fresh()
         if is_main_process():
             print(f"Image sizes {opt.imgsz} train, {opt.imgsz} val; {opt.workers} dataloader workers; "
                   f"logging to {self.save_dir}\nStarting training for {opt.epochs} epochs...")
@@ -388,6 +406,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.cuda else None,
             "extra": self.extra.state_dict() if self.extra is not None else None,
             "epoch": epoch, "best_fitness": float(self.best_fitness), "fitness": float(fi),
+            "early_stopping": self.stopper.state_dict(),
             "elapsed_s": float(self.elapsed), "last_opt_step": int(self.last_opt_step),
             "opt": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.opt).items()},
             "hyp": dict(self.hyp_as_given), "date": datetime.now().isoformat(),
