@@ -8,6 +8,7 @@ Usage (YOLOv5 flags):
     torchrun --nproc_per_node 2 train.py --device 0,1 ...   # DDP
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic off for the last N epochs")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    # speed: the defaults favour throughput; --deterministic trades it for bit-identical reruns
+    p.set_defaults(workers=min(8, os.cpu_count() or 1))  # as YOLOv5: use the machine's cores
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels, no cuDNN autotuning (bit-identical reruns on CUDA, slower)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (PyTorch 2)")
     return p
 
 
