@@ -8,6 +8,7 @@ Usage (YOLOv5 flags):
     torchrun --nproc_per_node 2 train.py --device 0,1 ...   # DDP
 """
 import argparse
+import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -20,7 +21,7 @@ from utils.torch_utils import LOCAL_RANK, RANK
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CFG = "yolov5n.yaml"  # the demo's model when neither --cfg nor --weights is given
-DEFAULT_WORKERS = 2
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # as YOLOv5: the machine's cores, at most 8
 UNSUPPORTED = {"evolve": "--evolve (hyperparameter evolution)", "image_weights": "--image-weights",
                "quad": "--quad"}
 
@@ -67,6 +68,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--close-mosaic", type=int, default=0, help="turn mosaic off for the last N epochs")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    # speed: the defaults favour throughput; --deterministic trades it for bit-identical reruns
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels, no cuDNN autotuning (bit-identical reruns on CUDA, slower)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (PyTorch 2)")
     return p
 
 

@@ -55,10 +55,11 @@ def _weights_equal(a, b):
 
 def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
     epochs = 4
-    args = tiny_train_args(tiny_data, tmp_path, "full", epochs=epochs, extra=["--batch-size", "4"])
+    args = tiny_train_args(tiny_data, tmp_path, "full", epochs=epochs, extra=["--batch-size", "4", "--deterministic"])
     run_train(args)
 
-    killed_args = tiny_train_args(tiny_data, tmp_path, "killed", epochs=epochs, extra=["--batch-size", "4"])
+    killed_args = tiny_train_args(tiny_data, tmp_path, "killed", epochs=epochs,
+                                  extra=["--batch-size", "4", "--deterministic"])  # bit-identical on CUDA too
     proc = _subprocess_train(killed_args, tmp_path)
     last = tmp_path / "killed" / "weights" / "last.pt"
     deadline = time.time() + 300

@@ -72,11 +72,13 @@ class ComputeLoss:
         gamma = hyp.get("fl_gamma", 0.0)
         if gamma > 0:
             self.bce_cls, self.bce_obj = FocalLoss(self.bce_cls, gamma), FocalLoss(self.bce_obj, gamma)
+        self.offsets = NEIGHBOUR_OFFSETS.to(device) * 0.5
+        self._grid_gains = {}  # (grid sizes per level) -> [nl, 7] gains, copied to the device once
 
     def __call__(self, preds, targets):
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
-        targets = targets.to(self.device)
+        targets = targets.to(self.device, non_blocking=True)
         lbox = torch.zeros(1, device=self.device)
         lobj = torch.zeros(1, device=self.device)
         lcls = torch.zeros(1, device=self.device)
@@ -110,21 +112,19 @@ class ComputeLoss:
         """
         na, nt = self.na, targets.shape[0]
         tcls, tbox, indices, anch = [], [], [], []
-        gain = torch.ones(7, device=self.device)
+        gains = self.grid_gains(preds)
         ai = torch.arange(na, device=self.device).float().view(na, 1).repeat(1, nt)
         targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)  # [na, nt, 7]: + anchor index
-        g = 0.5
-        off = NEIGHBOUR_OFFSETS.to(self.device) * g
+        g, off = 0.5, self.offsets
         for i in range(self.nl):
-            anchors, shape = self.anchors[i], preds[i].shape
-            gain[2:6] = torch.tensor(shape, device=self.device)[[3, 2, 3, 2]].float()  # to grid units
+            anchors, shape, gain = self.anchors[i], preds[i].shape, gains[i]
             t = targets * gain
             if nt:
                 r = t[..., 4:6] / anchors[:, None]
                 keep = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
                 t = t[keep]
                 gxy = t[:, 2:4]
-                gxi = gain[[2, 3]] - gxy  # distance from the far edge
+                gxi = gain[2:4] - gxy  # distance from the far edge (a slice: no index tensor to copy)
                 left, top = ((gxy % 1 < g) & (gxy > 1)).T
                 right, bottom = ((gxi % 1 < g) & (gxi > 1)).T
                 use = torch.stack((torch.ones_like(left), left, top, right, bottom))
@@ -142,3 +142,18 @@ class ComputeLoss:
             anch.append(anchors[a])
             tcls.append(c)
         return tcls, tbox, indices, anch
+
+    def grid_gains(self, preds):
+        """Per level, the factors (1, 1, nx, ny, nx, ny, 1) taking normalised targets to grid units.
+
+        Built on the host and copied once per set of grid sizes: a per-batch host-to-device copy
+        would make the CPU wait for the GPU every step.
+        """
+        key = tuple(tuple(p.shape[2:4]) for p in preds)
+        gains = self._grid_gains.get(key)
+        if gains is None:
+            if len(self._grid_gains) >= 64:  # --multi-scale visits many sizes; keep the cache small
+                self._grid_gains.clear()
+            gains = torch.tensor([[1, 1, nx, ny, nx, ny, 1] for ny, nx in key], dtype=torch.float32)
+            gains = self._grid_gains[key] = gains.to(self.device)
+        return gains

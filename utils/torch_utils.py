@@ -39,15 +39,39 @@ def select_device(device="", batch_size=0):
 
 
 def init_seeds(seed=0, deterministic=False):
-    """Seed python, numpy and torch; `deterministic` also asks torch for deterministic kernels."""
+    """Seed python, numpy and torch.
+
+    `deterministic` asks torch for deterministic kernels (bit-identical reruns on CUDA, slower);
+    otherwise cuDNN may autotune its convolution algorithms (fastest for fixed input shapes).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+
+
+def autocast_dtype(device, amp=True):
+    """The mixed-precision dtype for training on `device`: bf16 where the GPU has it, fp16 on other
+    CUDA GPUs (needs a GradScaler), None (full fp32) on CPU/MPS or when `amp` is off."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def to_channels_last(module, device):
+    """NHWC weights on CUDA, where cuDNN's tensor-core convolutions prefer them; unchanged elsewhere.
+
+    Changes the parameters in place (optimizers and EMA copies made before keep working) and
+    returns the module. Call it on the student and on the teacher alike.
+    """
+    if torch.device(device).type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 def time_sync():
@@ -129,12 +153,19 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model):
+        """ema = d * ema + (1 - d) * model for every float tensor (BN statistics included).
+
+        One fused foreach call over all tensors instead of two small kernels per tensor.
+        """
         self.updates += 1
         d = self.decay(self.updates)
         msd = de_parallel(model).state_dict()
+        ema_tensors, model_tensors = [], []
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+                ema_tensors.append(v)
+                model_tensors.append(msd[k].detach())
+        torch._foreach_lerp_(ema_tensors, model_tensors, 1.0 - d)
 
     def update_attr(self, model, include=("yaml", "nc", "hyp", "names")):
         for k in include:

@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +31,11 @@ from utils.logging import ResultsLogger, progress_header, progress_text
 from utils.sources import check_imgsz
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, de_parallel,
-                               init_seeds, lr_lambda, select_device, smart_optimizer,
-                               torch_distributed_zero_first)
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, autocast_dtype,
+                               de_parallel, init_seeds, lr_lambda, select_device, smart_optimizer,
+                               to_channels_last, torch_distributed_zero_first)
 
+PROGRESS_REFRESH_S = 0.5  # the progress bar reads the loss from the GPU at most this often
 NOMINAL_BATCH = 64  # gradients are accumulated up to this batch size, as in YOLOv5 (hyp key `nbs`)
 CHECKPOINT_FORMAT = "yolov5-distill"
 
@@ -74,7 +76,7 @@ class Trainer:
         opt = self.opt
         self.device = select_device(opt.device, batch_size=opt.batch_size)
         self.cuda = self.device.type == "cuda"
-        init_seeds(opt.seed + 1 + max(RANK, 0), deterministic=True)
+        init_seeds(opt.seed + 1 + max(RANK, 0), deterministic=self.deterministic)
         if is_main_process():  # labels.jpg goes here during setup; a failed setup removes what it made
             self.weights_dir.mkdir(parents=True, exist_ok=True)
 
@@ -106,8 +108,10 @@ class Trainer:
                                          self.hyp["weight_decay"], extra_params)
         self.lf = lr_lambda(opt.epochs, self.hyp["lrf"], cosine=opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.model = to_channels_last(self.model, self.device)  # before the EMA copy: same layout
         self.ema = ModelEMA(self.model) if is_main_process() else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.amp_dtype = autocast_dtype(self.device, opt.amp)  # bf16 / fp16 on CUDA, None on CPU
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.best_fitness, self.elapsed, self.last_opt_step = 0, 0.0, 0.0, -1
         self.stopper = EarlyStopping(patience=opt.patience)
         if self.resume_ckpt:
@@ -116,6 +120,12 @@ class Trainer:
         if is_main_process():  # only a run that could start records its options
             yaml_save(self.save_dir / "hyp.yaml", self.hyp_as_given)
             yaml_save(self.save_dir / "opt.yaml", vars(opt))
+        # --compile compiles the forward only; EMA, checkpoints and state-dict keys use self.model.
+        self.forward = torch.compile(self.model) if getattr(opt, "compile", False) else self.model
+
+    @property
+    def deterministic(self):
+        return bool(getattr(self.opt, "deterministic", False))  # runs saved before the flag: False
 
     def _load_hyp(self):
         if self.resume_ckpt:  # a resumed run keeps the hyperparameters it started with
@@ -224,6 +234,12 @@ class Trainer:
         ids = [LOCAL_RANK] if self.cuda else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=LOCAL_RANK if self.cuda else None)
 
+    def _gradient_sync(self, will_step):
+        """DDP all-reduces gradients on every backward; micro-steps that only accumulate skip it."""
+        if RANK == -1 or will_step:
+            return nullcontext()
+        return self.model.no_sync()
+
     # ------------------------------------------------------------------ loop
     def train(self):
         """Run all epochs; returns the final validation results (P, R, mAP50, mAP, val losses)."""
@@ -272,7 +288,7 @@ class Trainer:
         opt, model = self.opt, self.model
         model.train()
         # Re-seed per epoch so a resumed run draws exactly the augmentations the uninterrupted one did.
-        init_seeds(opt.seed + 1 + epoch * max(WORLD_SIZE, 1) + max(RANK, 0), deterministic=True)
+        init_seeds(opt.seed + 1 + epoch * max(WORLD_SIZE, 1) + max(RANK, 0), deterministic=self.deterministic)
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         elif hasattr(self.train_loader.sampler, "set_epoch"):
@@ -282,35 +298,48 @@ class Trainer:
         if hasattr(self.dataset, "close_mosaic") and opt.close_mosaic and epoch >= opt.epochs - opt.close_mosaic:
             self.dataset.close_mosaic()
         names = ["box_loss", "obj_loss", "cls_loss"]
-        sums, count = None, 0
+        sums, count = None, 0  # summed on the device; read back only to draw the bar and at the end
         pbar = enumerate(self.train_loader)
         if is_main_process():
             print(progress_header(names + self._extra_names()))
             pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
-        self.optimizer.zero_grad()
-        pending = False
+        self.optimizer.zero_grad(set_to_none=True)
+        pending, last_draw = False, -math.inf
+        batch_hook = getattr(self, "batch_hook", None)  # opt-in timing (benchmarks/bench_speed.py)
         for i, (imgs, targets, _, _) in pbar:
             ni = self.current_ni = i + nb * epoch
-            imgs = imgs.to(self.device, non_blocking=True).float() / 255
-            targets = targets.to(self.device)
+            imgs = self._to_device_input(imgs)
+            targets = targets.to(self.device, non_blocking=True)
             self._warmup(ni, epoch)
             if opt.multi_scale:
                 imgs = self._random_rescale(imgs)
-            items = self._train_step(imgs, targets)
+            will_step = self._accumulation_done(ni) or i == nb - 1  # the epoch's last batch always steps
+            with self._gradient_sync(will_step):
+                items = self._train_step(imgs, targets)
             pending = True
             if self._accumulation_done(ni):
                 self._optimizer_step()
                 pending = False
             sums = items if sums is None else sums + items
             count += 1
-            if is_main_process():
+            if is_main_process() and (time.monotonic() - last_draw >= PROGRESS_REFRESH_S or i == nb - 1):
+                last_draw = time.monotonic()
                 mem = torch.cuda.memory_reserved() / 1e9 if self.cuda else 0.0
                 pbar.set_description(progress_text(epoch, opt.epochs, mem, (sums / count).tolist(),
                                                    targets.shape[0], imgs.shape[-1]))
+            if batch_hook:
+                batch_hook(i, imgs.shape[0])
         if pending:  # a complete state at every epoch end is what makes --resume exact
             self._optimizer_step()
         means = (sums / max(count, 1)).tolist() if sums is not None else []
         return dict(zip(names + self._extra_names(), means))
+
+    def _to_device_input(self, imgs):
+        """uint8 batch -> float 0-1 on the device (NHWC on CUDA, matching the channels-last weights)."""
+        imgs = imgs.to(self.device, non_blocking=True)
+        if self.cuda:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        return imgs.float() / 255
 
     def _extra_names(self):
         return list(getattr(self, "_extra_item_names", []))
@@ -318,11 +347,11 @@ class Trainer:
     def _train_step(self, imgs, targets):
         """Forward, loss (detection + extra) and backward for one batch; returns detached loss items."""
         feature_layers = getattr(self.extra, "feature_layers", None) or None
-        with torch.autocast(self.device.type, enabled=self.cuda and self.opt.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             if feature_layers:
-                preds, features = self.model(imgs, feature_layers=feature_layers)
+                preds, features = self.forward(imgs, feature_layers=feature_layers)
             else:
-                preds, features = self.model(imgs), None
+                preds, features = self.forward(imgs), None
             loss, items = self.compute_loss(preds, targets)
             if self.extra is not None:
                 extra_loss, extra_items = self.extra(imgs, targets, preds, features)
@@ -332,7 +361,7 @@ class Trainer:
         if RANK != -1:
             loss = loss * WORLD_SIZE  # DDP averages gradients across ranks; YOLOv5 sums them
         self.scaler.scale(loss).backward()
-        return items.detach().cpu()
+        return items.detach()  # stays on the device: reading it here would wait for the GPU
 
     def _warmup(self, ni, epoch):
         """Ramp LR (biases down from warmup_bias_lr), momentum and accumulation over the first iterations."""
@@ -356,7 +385,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad()
+        self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
         self.last_opt_step = self.current_ni
