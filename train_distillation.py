@@ -13,6 +13,7 @@ from pathlib import Path
 
 import train
 from distill.distiller import build_distiller
+from distill.losses import DEFAULT_D_WEIGHT, DEFAULT_KL_ALPHA, FEATURE_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent
 DEMO_TEACHER = ROOT / "weights" / "demo_teacher_yolov5s.pt"
@@ -27,19 +28,27 @@ def build_parser():
     g.add_argument("--t_cfg", type=str, default="", help="teacher model YAML, to override the checkpoint's")
     g.add_argument("--d_output", action=argparse.BooleanOptionalAction, default=True,
                    help="output distillation: teacher-objectness weighted MSE of box/obj/cls predictions")
-    g.add_argument("--d_weight", type=float, default=10.0, help="gain of output distillation")
+    g.add_argument("--d_weight", type=float, default=DEFAULT_D_WEIGHT,
+                   help="gain of output distillation, per image (the reference fork's d_weight / its batch size)")
+    g.add_argument("--d_fork_units", action="store_true",
+                   help="--d_weight per batch as in the reference fork (its exact total; strength changes with batch)")
     g.add_argument("--d_kl", action="store_true", help="add soft-label KL distillation of class scores")
     g.add_argument("--d_temperature", type=float, default=4.0, help="KL temperature T (loss x T^2)")
-    g.add_argument("--d_alpha", type=float, default=1.0, help="KL gain alpha (soft term weight)")
+    g.add_argument("--d_alpha", type=float, default=DEFAULT_KL_ALPHA, help="KL gain alpha (x the class gain hyp cls)")
     g.add_argument("--d_feature", nargs="?", const="mse", default=None, choices=["mse", "cosine", "cwd"],
                    help="add feature distillation on the neck outputs that feed Detect, with this loss")
-    g.add_argument("--d_feature_weight", type=float, default=1.0, help="gain of feature distillation")
+    g.add_argument("--d_feature_weight", type=float, default=None,
+                   help=f"gain of feature distillation (default per loss: {FEATURE_WEIGHTS})")
     g.add_argument("--d_feature_layers", nargs="+", type=int, default=None,
                    help="student layer indices to distil (default: the Detect inputs)")
-    g.add_argument("--d_standardize", action="store_true", help="standardise features per channel first (PKD)")
+    g.add_argument("--t_feature_layers", nargs="+", type=int, default=None,
+                   help="teacher layer indices paired with them (default: the same indices)")
+    g.add_argument("--d_standardize", action="store_true",
+                   help="standardise features per channel over batch and pixels first (PKD)")
     g.add_argument("--d_tau", type=float, default=1.0, help="CWD spatial-softmax temperature")
-    g.add_argument("--d_multi", choices=["average", "sum"], default="average",
-                   help="several teachers: average their outputs, or one loss per teacher")
+    g.add_argument("--d_multi", choices=["average", "per_teacher", "sum"], default="average",
+                   help="several teachers: average their outputs then one loss, or one loss per teacher "
+                        "averaged (per_teacher; 'sum' is its deprecated name)")
     g.add_argument("--d_off_last", type=int, default=0, help="switch distillation off for the last N epochs")
     g.add_argument("--t_val", nargs="?", const=True, default=False,
                    help="validate the teacher first; give a baseline results.csv or student .pt to compare")

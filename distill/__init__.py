@@ -4,22 +4,24 @@ Interface (distill.losses):
     DistillInputs(preds, features)      raw Detect levels [B, na, ny, nx, 5 + nc] (pre-sigmoid)
                                         and tapped feature maps [B, C, H, W] of one network
     DistillLoss.forward(student, teacher) -> (loss, items)
-        loss: 0-dim tensor in per-image units (the trainer multiplies by the batch size);
+        loss: 0-dim tensor in per-image units, a mean over the batch (the trainer multiplies by
+              the batch size), so a weight means the same at any batch size or number of GPUs;
         items: dict name -> detached 0-dim tensor (become train/<name> columns).
 
 Methods:
-    OutputDistillation(model, d_weight=10, cls_weighting='teacher_obj', per_batch=True)
+    OutputDistillation(model, d_weight=0.5, cls_weighting='teacher_obj', fork_units=False)
         the reference fork's teacher-objectness weighted MSE; items dist_box/dist_obj/dist_cls
-    SoftLabelKL(T=4, alpha=1, mode='bernoulli'|'softmax', obj_weighted=True, distill_obj=False)
-        Hinton KD on class scores with T^2 correction; items kd_cls (+ kd_obj)
+    SoftLabelKL(T=4, alpha=1, mode='bernoulli'|'softmax', obj_weighted=True, distill_obj=False, model=None)
+        Hinton KD on class scores with T^2 correction, x model.hyp['cls']; items kd_cls (+ kd_obj)
     FeatureDistillation(student_channels, teacher_channels, loss='mse'|'cosine'|'cwd', tau=1,
-                        standardize=False, weight=1)   1x1 adapters are its parameters; item feat
-    MultiTeacher(method, mode='average'|'sum')  forward(student, [teacher, ...])
+                        standardize=False, weight=None -> FEATURE_WEIGHTS[loss])
+                        1x1 adapters are its parameters; item feat
+    MultiTeacher(method, mode='average'|'per_teacher')  forward(student, [teacher, ...])
 
 Functions:
     compute_distillation_output_loss(p, t_p, model, d_weight=10) -> (loss, [box, obj, cls])
     output_distillation_terms(p, t_p, cls_weighting) -> unscaled (box, obj, cls)
-    average_teachers(list of DistillInputs) -> DistillInputs
+    average_teachers(list of DistillInputs) -> DistillInputs (outputs only)
     distill.features: build_adapters, standardize_channels, mse/cosine/cwd_feature_loss
 """
 from distill.features import (build_adapters, cosine_feature_loss, cwd_feature_loss,

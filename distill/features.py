@@ -38,13 +38,15 @@ def _init_identity(conv):
 
 
 def standardize_channels(x, eps=1e-6):
-    """Normalise each channel of each image to zero mean, unit variance over H, W (as PKD does).
+    """Normalise each channel to zero mean, unit variance over the batch and all pixels (PKD).
 
-    Removes the scale gap between a big teacher's and a small student's activations, which
-    otherwise dominates an MSE between them.
+    PKD (Cao et al. 2022) standardises with per-channel statistics over (B, H, W), so that the MSE
+    of the standardised maps is a function of the Pearson correlation and the scale gap between a
+    big teacher's and a small student's activations no longer dominates it. Statistics over the
+    whole batch keep each image's relative strength (a per-image norm would erase it).
     """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
     return (x - mean) / (std + eps)
 
 

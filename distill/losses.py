@@ -58,7 +58,7 @@ def output_distillation_terms(p, t_p, cls_weighting='teacher_obj'):
     zero = p[0].new_zeros(())
     lbox, lobj, lcls = zero, zero, zero
     for pi, ti in zip(p, t_p):
-        ti = ti.detach()
+        pi, ti = pi.float(), ti.detach().float()  # teachers may hand over half precision levels
         w = ti[..., 4].sigmoid()
         lbox = lbox + _weighted_mse(pi[..., :4], ti[..., :4], w.unsqueeze(-1))
         lobj = lobj + _weighted_mse(pi[..., 4], ti[..., 4], w)
@@ -82,6 +82,9 @@ def compute_distillation_output_loss(p, t_p, model, d_weight=10):
     return parts.sum(), parts.detach()
 
 
+DEFAULT_D_WEIGHT = 0.5  # per image; the fork's 10 per batch of 16 is 0.625 (README "Distillation methods")
+
+
 class OutputDistillation(DistillLoss):
     """Teacher-objectness weighted MSE on raw outputs (the reference fork's formula).
 
@@ -91,26 +94,26 @@ class OutputDistillation(DistillLoss):
     Gains box/obj/cls come from model.hyp, read at every call because the trainer scales and
     attaches hyp after building the extra loss.
 
-    Batch scaling: the reference fork (d_weight variant) leaves the batch-size factor commented
-    out and adds the term once per batch to a detection loss that is already x batch size, while
-    the older fork it derives from (gain hyp['dist'] instead of d_weight) multiplied by the batch
-    size. With per_batch=True (default, the d_weight fork) we return L / B, so the trainer's
-    x B reproduces the reference total exactly; per_batch=False returns L (the older behaviour).
+    Units: L is a mean over the batch, i.e. per image like YOLOv5's detection terms, so its
+    strength does not depend on the batch size, accumulation or the number of GPUs. The
+    reference fork added d_weight * L once per batch to a detection loss that is x batch size;
+    fork_units=True reproduces that total exactly (returns L / B, the trainer multiplies by B),
+    so a fork d_weight D at batch B is our per-image d_weight D / B.
     """
 
-    def __init__(self, model, d_weight=10.0, cls_weighting='teacher_obj', per_batch=True):
+    def __init__(self, model, d_weight=DEFAULT_D_WEIGHT, cls_weighting='teacher_obj', fork_units=False):
         super().__init__()
         if cls_weighting not in ('teacher_obj', 'none'):
             raise ValueError(f"cls_weighting must be 'teacher_obj' or 'none', got {cls_weighting!r}")
         # A closure, not an attribute: assigning the student as a submodule would put its
         # weights into this module's parameters() and state_dict().
         self._hyp = lambda: _hyp_of(model)
-        self.d_weight, self.cls_weighting, self.per_batch = d_weight, cls_weighting, per_batch
+        self.d_weight, self.cls_weighting, self.fork_units = d_weight, cls_weighting, fork_units
 
     def forward(self, student, teacher):
         hyp = self._hyp()
         lbox, lobj, lcls = output_distillation_terms(student.preds, teacher.preds, self.cls_weighting)
-        scale = self.d_weight / (student.preds[0].shape[0] if self.per_batch else 1)
+        scale = self.d_weight / (student.preds[0].shape[0] if self.fork_units else 1)
         parts = {'dist_box': lbox * hyp['box'] * scale, 'dist_obj': lobj * hyp['obj'] * scale,
                  'dist_cls': lcls * hyp['cls'] * scale}
         return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
@@ -133,16 +136,22 @@ def softmax_kl(t_logits, s_logits):
     return (log_t.exp() * (log_t - log_s)).sum(-1, keepdim=True)
 
 
+DEFAULT_KL_ALPHA = 5.0  # x the class gain: starts at 0.1-0.7x the detection loss (docs/BENCHMARKS.md)
+
+
 class SoftLabelKL(DistillLoss):
     """Hinton soft-label distillation on class scores, weighted by teacher objectness.
 
     YOLOv5 trains each class score as an independent sigmoid (BCE), so mode='bernoulli'
-    (default) matches that: per cell, sum over classes of KL(Bern(sigmoid(t_c / T)) ||
+    (default) matches that: per cell, the mean over classes of KL(Bern(sigmoid(t_c / T)) ||
     Bern(sigmoid(s_c / T))). mode='softmax' uses KL(softmax(t / T) || softmax(s / T)) instead.
-      L = alpha * T^2 * sum_levels mean_cells( w * KL_cell ),  w = sigmoid(t_obj) (or 1 when
+      L = alpha * cls * T^2 * sum_levels mean_cells( w * KL_cell ),  w = sigmoid(t_obj) (or 1 when
     obj_weighted=False), so background cells, where the teacher's class scores mean nothing, are
     ignored. T^2 keeps the gradient size independent of T (the soft gradient shrinks as 1/T^2).
-    With distill_obj=True the objectness Bernoulli KL (unweighted) is added as 'kd_obj'.
+    `cls` is the detection loss's class gain (model.hyp['cls'], already scaled by YOLOv5 for nc,
+    levels and image size) and the mean over classes mirrors the BCE's mean: the term is in the
+    units of the detection loss's class term on any dataset. Without a model the gain is 1.
+    With distill_obj=True the objectness Bernoulli KL (unweighted, x hyp['obj']) is added as 'kd_obj'.
     Only classes are distilled when nc > 1, like the detection loss.
 
     alpha scales the soft term only. The detection (hard) loss stays at weight 1 because the
@@ -150,19 +159,21 @@ class SoftLabelKL(DistillLoss):
     the same objective up to a global factor (1 - a) when alpha = a / (1 - a).
     """
 
-    def __init__(self, T=4.0, alpha=1.0, mode='bernoulli', obj_weighted=True, distill_obj=False):
+    def __init__(self, T=4.0, alpha=1.0, mode='bernoulli', obj_weighted=True, distill_obj=False, model=None):
         super().__init__()
         if mode not in ('bernoulli', 'softmax'):
             raise ValueError(f"mode must be 'bernoulli' or 'softmax', got {mode!r}")
         self.T, self.alpha, self.mode = float(T), float(alpha), mode
         self.obj_weighted, self.distill_obj = obj_weighted, distill_obj
+        self._hyp = (lambda: _hyp_of(model)) if model is not None else (lambda: {'cls': 1.0, 'obj': 1.0})
 
     def _class_kl(self, s_cls, t_cls):
-        kl = bernoulli_kl if self.mode == 'bernoulli' else softmax_kl
-        return kl(t_cls / self.T, s_cls / self.T).sum(-1)  # [B, na, ny, nx]
+        if self.mode == 'bernoulli':
+            return bernoulli_kl(t_cls / self.T, s_cls / self.T).mean(-1)  # [B, na, ny, nx]
+        return softmax_kl(t_cls / self.T, s_cls / self.T).squeeze(-1)
 
     def forward(self, student, teacher):
-        zero = student.preds[0].new_zeros(())
+        zero = student.preds[0].new_zeros(()).float()
         lcls, lobj = zero, zero
         for si, ti in zip(student.preds, teacher.preds):
             si, ti = si.float(), ti.detach().float()
@@ -171,34 +182,41 @@ class SoftLabelKL(DistillLoss):
                 lcls = lcls + (self._class_kl(si[..., 5:], ti[..., 5:]) * w).mean()
             if self.distill_obj:
                 lobj = lobj + bernoulli_kl(ti[..., 4] / self.T, si[..., 4] / self.T).mean()
-        gain = self.alpha * self.T ** 2
-        parts = {'kd_cls': lcls * gain}
+        hyp, gain = self._hyp(), self.alpha * self.T ** 2
+        parts = {'kd_cls': lcls * gain * hyp['cls']}
         if self.distill_obj:
-            parts['kd_obj'] = lobj * gain
+            parts['kd_obj'] = lobj * gain * hyp['obj']
         return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # Feature distillation (FitNets / cosine / CWD, optional PKD standardisation)
 # ----------------------------------------------------------------------------------------------
+# Default gain per feature loss (per image, summed over levels); measured at initialisation so that
+# each term starts at a fraction of the detection loss (docs/BENCHMARKS.md, "Distillation scales").
+FEATURE_WEIGHTS = {'mse': 0.02, 'cosine': 0.04, 'cwd': 0.04}
+
+
 class FeatureDistillation(DistillLoss):
     """Imitate the teacher's tapped feature maps through learnable 1x1 adapters.
 
     L = weight * sum_levels loss(norm(adapter_l(S_l)), norm(T_l)), where loss is
     'mse' (FitNets: mean (s - t)^2), 'cosine' (mean over pixels of 1 - cos along channels) or
     'cwd' (tau^2 * mean over image, channel of KL between spatial softmaxes at temperature tau),
-    and norm is per-image, per-channel standardisation over H, W when standardize=True (PKD),
-    identity otherwise. Adapters map student to teacher channels and are this module's
+    and norm is PKD's standardisation (each channel to zero mean, unit variance over the batch
+    and all pixels) when standardize=True, identity otherwise. weight=None takes the loss's
+    default from FEATURE_WEIGHTS. Adapters map student to teacher channels and are this module's
     parameters (the optimizer trains them; the trainer saves them under `extra`).
     """
 
     def __init__(self, student_channels, teacher_channels, loss='mse', tau=1.0,
-                 standardize=False, weight=1.0):
+                 standardize=False, weight=None):
         super().__init__()
         if loss not in FEATURE_LOSSES:
             raise ValueError(f'loss must be one of {sorted(FEATURE_LOSSES)}, got {loss!r}')
         self.adapters = build_adapters(student_channels, teacher_channels)
-        self.loss_name, self.tau, self.standardize, self.weight = loss, float(tau), standardize, weight
+        self.loss_name, self.tau, self.standardize = loss, float(tau), standardize
+        self.weight = FEATURE_WEIGHTS[loss] if weight is None else float(weight)
 
     def _level_loss(self, s, t):
         if self.standardize:
@@ -211,7 +229,7 @@ class FeatureDistillation(DistillLoss):
         if len(student.features) != len(self.adapters) or len(teacher.features) != len(self.adapters):
             raise ValueError(f'expected {len(self.adapters)} feature levels, got '
                              f'{len(student.features)} student / {len(teacher.features)} teacher')
-        total = student.features[0].new_zeros(())
+        total = student.features[0].new_zeros(()).float()
         for adapter, s, t in zip(self.adapters, student.features, teacher.features):
             s, t = adapter(s).float(), t.detach().float()
             if s.shape != t.shape:
@@ -225,30 +243,43 @@ class FeatureDistillation(DistillLoss):
 # Several teachers
 # ----------------------------------------------------------------------------------------------
 def average_teachers(teachers):
-    """One DistillInputs whose raw prediction levels and feature maps are the teachers' means.
+    """One DistillInputs whose raw prediction levels are the teachers' means (in float32).
 
-    Assumes same-shaped outputs (same nc, anchors count, strides and tapped channels).
+    Assumes same-shaped outputs (same nc, anchors count and strides). Feature maps are not
+    averaged: teachers of different widths have different channels, so feature distillation
+    keeps one adapter set and one loss per teacher (see distill.distiller.Distiller).
     """
-    def mean_of(levels):
-        return [torch.stack([lvl.detach() for lvl in group]).mean(0) for group in zip(*levels)]
+    preds = [torch.stack([lvl.detach().float() for lvl in group]).mean(0)
+             for group in zip(*[t.preds for t in teachers])]
+    return DistillInputs(preds=preds)
 
-    return DistillInputs(preds=mean_of([t.preds for t in teachers]),
-                         features=mean_of([t.features for t in teachers]))
+
+MULTI_MODES = ('average', 'per_teacher')
+DEPRECATED_MULTI_MODES = {'sum': 'per_teacher'}  # 'sum' always averaged the per-teacher losses
+
+
+def multi_mode(mode):
+    """The canonical --d_multi mode; 'sum' (old name of per_teacher) prints one deprecation line."""
+    if mode in DEPRECATED_MULTI_MODES:
+        new = DEPRECATED_MULTI_MODES[mode]
+        print(f"--d_multi {mode} is deprecated: it means {new} (one loss per teacher, averaged); use --d_multi {new}")
+        return new
+    if mode not in MULTI_MODES:
+        raise ValueError(f"--d_multi must be one of {', '.join(MULTI_MODES)}, got {mode!r}")
+    return mode
 
 
 class MultiTeacher(DistillLoss):
     """Apply one method with several teachers; forward(student, teachers: list of DistillInputs).
 
-    mode='average': the teachers' raw outputs / features are averaged first, then one loss;
-    mode='sum': one loss per teacher, then averaged (items averaged the same way), so the
-    loss scale does not grow with the number of teachers.
+    mode='average': the teachers' raw outputs are averaged first, then one loss;
+    mode='per_teacher': one loss per teacher, then averaged (items averaged the same way), so the
+    loss scale does not grow with the number of teachers. 'sum' is the deprecated name of per_teacher.
     """
 
     def __init__(self, method, mode='average'):
         super().__init__()
-        if mode not in ('average', 'sum'):
-            raise ValueError(f"mode must be 'average' or 'sum', got {mode!r}")
-        self.method, self.mode = method, mode
+        self.method, self.mode = method, multi_mode(mode)
 
     def forward(self, student, teachers):
         if isinstance(teachers, DistillInputs):

@@ -1,8 +1,10 @@
 """The frozen teacher: loaded once, checked against the student, run without autograd.
 
 Output distillation compares predictions anchor by anchor, so teacher and student must agree on
-classes, anchors and strides; a mismatch is refused before the first batch.
+classes, levels and strides (a mismatch is refused before the first batch); the student takes
+the teacher's anchors.
 """
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,11 +50,14 @@ def detect_head(model):
 
 
 def check_compatible(student, teacher, teacher_name="teacher"):
-    """Raise TeacherMismatchError naming both values when outputs cannot be compared one to one."""
+    """Raise TeacherMismatchError naming both values when outputs cannot be compared one to one.
+
+    Anchors are not checked: the student takes the teacher's (`adopt_teacher_anchors`).
+    """
     s, t = detect_head(student), detect_head(teacher)
-    hint = ("Train or pick a teacher on the same dataset (same --data, so the same nc) with the same "
-            "anchors (same model YAML anchors, or --noautoanchor for both), or use feature-only "
-            "distillation (--d_output 0 --d_feature ...) which needs no matching outputs.")
+    hint = ("Train or pick a teacher on the same dataset (same --data, so the same nc) and model family "
+            "(same levels and strides), or use feature-only distillation (--no-d_output --d_feature ...) "
+            "which needs no matching outputs.")
     if s.nc != t.nc:
         raise TeacherMismatchError(f"{teacher_name} has nc={t.nc} classes but the student has nc={s.nc}. {hint}")
     if (s.nl, s.na) != (t.nl, t.na):
@@ -61,30 +66,57 @@ def check_compatible(student, teacher, teacher_name="teacher"):
     if not torch.equal(s.stride.cpu().float(), t.stride.cpu().float()):
         raise TeacherMismatchError(
             f"{teacher_name} strides {t.stride.tolist()} differ from the student's {s.stride.tolist()}. {hint}")
-    s_px = (s.anchors.float().cpu() * s.stride.view(-1, 1, 1).cpu())
-    t_px = (t.anchors.float().cpu() * t.stride.view(-1, 1, 1).cpu())
-    if not torch.allclose(s_px, t_px, rtol=1e-3, atol=1e-2):
-        raise TeacherMismatchError(
-            f"{teacher_name} anchors {t_px.view(t.nl, -1).round().tolist()} differ from the student's "
-            f"{s_px.view(s.nl, -1).round().tolist()} (pixels). {hint}")
+    s_names, t_names = list(getattr(student, "names", [])), list(getattr(teacher, "names", []))
+    if s_names and t_names and s_names != t_names:
+        print(f"WARNING: {teacher_name} class names {t_names} differ from the student's {s_names} "
+              "(same nc, so distillation goes on; check both were trained on the same --data)")
 
 
-@torch.inference_mode()
-def _teacher_forward(teacher, imgs, feature_layers):
-    x = imgs.to(next(teacher.parameters()).dtype)
-    if feature_layers:
-        (_, raw), feats = teacher(x, feature_layers=feature_layers)
-    else:
-        _, raw = teacher(x)
-        feats = []
-    return raw, feats
+def adopt_teacher_anchors(student, teacher, teacher_name="teacher"):
+    """Copy the teacher's anchors into the student in place (outputs are compared anchor by anchor).
 
-
-def run_teacher(teacher, imgs, feature_layers=None):
-    """Raw prediction levels (and tapped features) of the teacher, as float32 tensors.
-
-    The forward runs under inference_mode (no activations kept); the outputs are cloned outside it
-    because autograd may not save inference tensors for the student's backward pass.
+    Call after `check_compatible` (same levels, anchors per level and strides). The detection loss
+    holds the same buffer, so it uses the new anchors too. Returns True when they changed.
     """
-    raw, feats = _teacher_forward(teacher, imgs, feature_layers)
-    return [r.float().clone() for r in raw], [f.float().clone() for f in feats]
+    s, t = detect_head(student), detect_head(teacher)
+    new = t.anchors.detach().to(device=s.anchors.device, dtype=s.anchors.dtype)
+    if torch.allclose(s.anchors, new, rtol=1e-4, atol=1e-6):
+        return False
+    px = (new.float().cpu() * t.stride.view(-1, 1, 1).cpu().float()).view(t.nl, -1).round().tolist()
+    print(f"Student anchors set to {teacher_name}'s {px} (pixels): outputs are distilled anchor by anchor")
+    with torch.no_grad():
+        s.anchors.copy_(new)
+    return True
+
+
+@contextmanager
+def raw_levels_only(model):
+    """Detect in training mode returns its raw levels and skips box decoding nobody reads.
+
+    Only the Detect module's flag changes: it holds 1x1 convs and no BatchNorm, so the teacher's
+    weights and statistics stay bit-identical (the rest of the model stays in eval mode).
+    """
+    head = detect_head(model)
+    was_training = head.training
+    head.training = True
+    try:
+        yield
+    finally:
+        head.training = was_training
+
+
+@torch.no_grad()
+def run_teacher(teacher, imgs, feature_layers=None):
+    """Raw prediction levels (and tapped features) of the teacher, in the teacher's precision.
+
+    Half precision teachers (CUDA) hand over half tensors: the losses upcast one level at a time,
+    so no float32 copy of every output lives through the student's backward pass. no_grad (not
+    inference_mode) makes ordinary tensors that autograd may save for the student's backward.
+    """
+    x = imgs.to(next(teacher.parameters()).dtype)
+    with raw_levels_only(teacher):
+        if feature_layers:
+            raw, feats = teacher(x, feature_layers=feature_layers)
+        else:
+            raw, feats = teacher(x), []
+    return list(raw), list(feats)

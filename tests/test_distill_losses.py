@@ -80,26 +80,35 @@ def test_output_loss_gradient_reaches_student_only():
     assert t.grad is None
 
 
-def test_output_distillation_class_batch_scaling_and_items():
+def test_output_distillation_per_image_units_and_fork_units():
     s, t = hand_made_pair()
     s2, t2 = torch.cat([s, s]), torch.cat([t, t])   # two identical images: same means
     model = FakeModel(HYP)
-    per_batch = OutputDistillation(model, d_weight=10)
-    loss, items = per_batch(DistillInputs([s2]), DistillInputs([t2]))
-    # the reference adds 21.15625 once per batch; the trainer multiplies ours by B = 2
-    assert loss.item() * 2 == pytest.approx(21.15625, rel=1e-6)
+    per_image = OutputDistillation(model, d_weight=10)
+    loss, items = per_image(DistillInputs([s2]), DistillInputs([t2]))
+    # per image: the same value at batch 1 and 2 (the trainer multiplies by B like the detection loss)
+    one, _ = per_image(DistillInputs([s]), DistillInputs([t]))
+    assert loss.item() == pytest.approx(21.15625, rel=1e-6) and one.item() == pytest.approx(21.15625, rel=1e-6)
     assert list(items) == ['dist_box', 'dist_obj', 'dist_cls']
     assert sum(v.item() for v in items.values()) == pytest.approx(loss.item(), rel=1e-6)
     assert all(not v.requires_grad for v in items.values())
-    per_image, _ = OutputDistillation(model, d_weight=10, per_batch=False)(
-        DistillInputs([s2]), DistillInputs([t2]))
-    assert per_image.item() == pytest.approx(21.15625, rel=1e-6)
+    # the reference fork adds 21.15625 once per batch; fork units return L / B so that x B gives it
+    fork, _ = OutputDistillation(model, d_weight=10, fork_units=True)(DistillInputs([s2]), DistillInputs([t2]))
+    assert fork.item() * 2 == pytest.approx(21.15625, rel=1e-6)
+
+
+def test_output_distillation_upcasts_half_teacher_levels():
+    s, t = hand_made_pair()
+    model = FakeModel(HYP)
+    full, _ = OutputDistillation(model, d_weight=10)(DistillInputs([s]), DistillInputs([t]))
+    half, _ = OutputDistillation(model, d_weight=10)(DistillInputs([s]), DistillInputs([t.half()]))
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(full.item(), rel=1e-3)
 
 
 def test_output_distillation_reads_hyp_lazily_and_owns_no_student_weights():
     s, t = hand_made_pair()
     model = FakeModel(HYP)
-    method = OutputDistillation(model, d_weight=1, per_batch=False)
+    method = OutputDistillation(model, d_weight=1)
     assert len(method.state_dict()) == 0 and len(list(method.parameters())) == 0
     before, _ = method(DistillInputs([s]), DistillInputs([t]))
     model.hyp = {'box': 0.0, 'obj': 0.0, 'cls': 1.0}   # e.g. trainer scaling after construction
@@ -110,7 +119,7 @@ def test_output_distillation_reads_hyp_lazily_and_owns_no_student_weights():
 def test_output_distillation_unweighted_class_option():
     s, t = hand_made_pair()
     model = FakeModel({'box': 0.0, 'obj': 0.0, 'cls': 1.0})
-    loss, _ = OutputDistillation(model, d_weight=1, cls_weighting='none', per_batch=False)(
+    loss, _ = OutputDistillation(model, d_weight=1, cls_weighting='none')(
         DistillInputs([s]), DistillInputs([t]))
     # class squared errors 4 and 1 without weights, over 4 elements: 5 / 4
     assert loss.item() == pytest.approx(1.25, rel=1e-6)
@@ -138,15 +147,15 @@ def test_kl_zero_for_equal_logits_and_positive_otherwise():
 
 def test_kl_gradient_matches_closed_form_with_t_squared():
     # d/ds KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T))) = (sigmoid(s/T) - sigmoid(t/T)) / T,
-    # so with the T^2 factor, weight w = sigmoid(t_obj) and the mean over 8 cells:
-    # grad_c = alpha * T^2 * w * (sigmoid(s_c/T) - sigmoid(t_c/T)) / T / 8
+    # so with the T^2 factor, weight w = sigmoid(t_obj) and the means over 8 cells and 3 classes:
+    # grad_c = alpha * T^2 * w * (sigmoid(s_c/T) - sigmoid(t_c/T)) / T / (8 * 3)
     s, t = kd_pair()
     for T in (1.0, 3.0):
         sg = s.clone().requires_grad_(True)
         loss, _ = SoftLabelKL(T=T, alpha=0.5)(DistillInputs([sg]), DistillInputs([t]))
         loss.backward()
         w = t[..., 4:5].sigmoid()
-        expected = 0.5 * T * w * ((s[..., 5:] / T).sigmoid() - (t[..., 5:] / T).sigmoid()) / 8
+        expected = 0.5 * T * w * ((s[..., 5:] / T).sigmoid() - (t[..., 5:] / T).sigmoid()) / 24
         assert torch.allclose(sg.grad[..., 5:], expected, atol=1e-6)
         assert sg.grad[..., :5].abs().sum() == 0   # only class logits are distilled
 
@@ -163,6 +172,17 @@ def test_kl_t_squared_keeps_gradient_scale_across_temperatures():
         SoftLabelKL(T=T)(DistillInputs([sg]), DistillInputs([t]))[0].backward()
         grads.append(sg.grad[..., 5:].flatten())
     assert torch.allclose(grads[0], grads[1], rtol=0.02)
+
+
+def test_kl_takes_the_class_gain_of_the_detection_loss():
+    s, t = kd_pair()
+    plain = SoftLabelKL(T=2.0)(DistillInputs([s]), DistillInputs([t]))[0]
+    model = FakeModel(HYP)  # cls gain 0.5
+    scaled = SoftLabelKL(T=2.0, model=model)(DistillInputs([s]), DistillInputs([t]))[0]
+    assert scaled.item() == pytest.approx(0.5 * plain.item(), rel=1e-6)
+    model.hyp['cls'] = 0.25  # read at every call: the trainer rescales hyp after building the loss
+    assert SoftLabelKL(T=2.0, model=model)(DistillInputs([s]), DistillInputs([t]))[0].item() == \
+        pytest.approx(0.25 * plain.item(), rel=1e-6)
 
 
 def test_kl_objectness_weighting_alpha_and_single_class():
@@ -220,11 +240,15 @@ def test_mse_and_cosine_basic_properties():
     assert cosine_feature_loss(-t, t).item() == pytest.approx(2.0, rel=1e-6)
 
 
-def test_standardize_channels_zero_mean_unit_std():
+def test_standardize_channels_uses_batch_statistics_per_channel():
     x = 5.0 + 3.0 * torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     z = standardize_channels(x)
-    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
-    assert torch.allclose(z.std(dim=(2, 3), unbiased=False), torch.ones(2, 3), atol=1e-4)
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    # PKD: statistics over the batch keep an image's relative strength (a per-image norm erases it)
+    strong = torch.cat([x[:1], 10.0 * x[:1]])
+    zs = standardize_channels(strong)
+    assert zs[1].std() > 5 * zs[0].std()
 
 
 def test_build_adapters_map_channels():
@@ -272,24 +296,29 @@ def test_feature_distillation_standardize_ignores_teacher_channel_scale():
 
 
 # ------------------------------------------------------------------------------ multi-teacher
-def test_multi_teacher_average_and_sum():
+def test_multi_teacher_average_and_per_teacher(capsys):
     s, t1 = kd_pair(seed=1)
     _, t2 = kd_pair(seed=2)
     kd = SoftLabelKL(T=2.0)
     student, teachers = DistillInputs([s]), [DistillInputs([t1]), DistillInputs([t2])]
     avg, _ = MultiTeacher(kd, 'average')(student, teachers)
     assert avg.item() == pytest.approx(kd(student, DistillInputs([(t1 + t2) / 2]))[0].item(), rel=1e-6)
-    summed, items = MultiTeacher(kd, 'sum')(student, teachers)
+    mean_loss, items = MultiTeacher(kd, 'per_teacher')(student, teachers)
     each = [kd(student, t)[0].item() for t in teachers]
-    assert summed.item() == pytest.approx(sum(each) / 2, rel=1e-6)
+    assert mean_loss.item() == pytest.approx(sum(each) / 2, rel=1e-6)
     assert items['kd_cls'].item() == pytest.approx(sum(each) / 2, rel=1e-6)
-    single, _ = MultiTeacher(kd, 'sum')(student, DistillInputs([t1]))
+    single, _ = MultiTeacher(kd, 'per_teacher')(student, DistillInputs([t1]))
     assert single.item() == pytest.approx(each[0], rel=1e-6)
+    capsys.readouterr()
+    old = MultiTeacher(kd, 'sum')  # deprecated name, same meaning as before: per_teacher
+    assert old.mode == 'per_teacher' and 'deprecated' in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--d_multi"):
+        MultiTeacher(kd, 'max')
 
 
-def test_average_teachers_averages_features_too():
+def test_average_teachers_averages_outputs_and_leaves_features_alone():
     a = DistillInputs([torch.zeros(1, 1, 1, 1, 6)], [torch.zeros(1, 2, 2, 2)])
-    b = DistillInputs([torch.ones(1, 1, 1, 1, 6)], [torch.full((1, 2, 2, 2), 3.0)])
+    b = DistillInputs([torch.ones(1, 1, 1, 1, 6).half()], [torch.full((1, 4, 2, 2), 3.0)])  # other width
     mean = average_teachers([a, b])
     assert torch.equal(mean.preds[0], torch.full((1, 1, 1, 1, 6), 0.5))
-    assert torch.equal(mean.features[0], torch.full((1, 2, 2, 2), 1.5))
+    assert len(mean.features) == 0  # features stay per teacher, with their own adapters

@@ -1,5 +1,10 @@
 """train_distillation.py end to end: the teacher stays frozen, mismatches are refused, terms are logged."""
 import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +12,7 @@ import torch
 import train
 import train_distillation
 from conftest import tiny_train_args
+from distill_steps import run_steps
 from distill import distiller as distiller_module
 from distill.teacher import TeacherMismatchError, check_compatible, load_teacher
 from models.checkpoint import model_checkpoint_fields, save_checkpoint
@@ -28,6 +34,12 @@ def teacher_pt(tmp_path_factory):
     return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher_s.pt")
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def distill_args(data, project, name, teacher, epochs=2, extra=()):
     return tiny_train_args(data, project, name, epochs=epochs, extra=["--t_weights", str(teacher), *extra])
 
@@ -39,6 +51,7 @@ def run_distill(args, keep=None):
         if keep is not None:
             keep.append(d)
         return d
+    factory.skips_autoanchor = distiller_module.build_distiller.skips_autoanchor
     opt = train.parse_opt(args, parser=train_distillation.build_parser())
     return train.main(opt, extra_loss_factory=factory)
 
@@ -76,11 +89,33 @@ def test_other_nc_refused_before_first_batch(tiny_data, tmp_path):
     assert not (tmp_path / "kd" / "results.csv").exists()  # refused before any epoch ran
 
 
-def test_other_anchors_refused(tiny_data, tmp_path):
+def test_pretrained_student_adopts_the_teachers_anchors(tiny_data, tmp_path, capsys):
     anchors = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]
-    bad = save_teacher(tmp_path / "anchors.pt", cfg="yolov5n.yaml", anchors=anchors)
-    with pytest.raises(TeacherMismatchError, match="anchors"):
-        run_distill(distill_args(tiny_data, tmp_path, "kd", bad, extra=["--noautoanchor"]))
+    teacher = save_teacher(tmp_path / "anchors.pt", cfg="yolov5n.yaml", anchors=anchors)
+    student = save_teacher(tmp_path / "student.pt", cfg="yolov5n.yaml", seed=2)  # the YAML's anchors
+    args = distill_args(tiny_data, tmp_path, "kd", teacher, epochs=1)
+    args[args.index("--cfg"):args.index("--cfg") + 2] = ["--weights", str(student)]
+    run_distill(args)
+    out = capsys.readouterr().out
+    assert "AutoAnchor: skipped" in out and "Student anchors set to" in out
+    saved = torch.load(tmp_path / "kd" / "weights" / "last.pt", weights_only=True)["model"]
+    key = next(k for k in saved if k.endswith("anchors"))
+    assert torch.allclose(saved[key], load_teacher(teacher).model[-1].anchors.float())
+
+
+def test_other_levels_refused_and_names_warned(capsys):
+    student = Model("yolov5n.yaml", nc=NC)
+    other_anchors = Model("yolov5n.yaml", nc=NC, anchors=[[10, 13, 16, 30, 33, 23]] * 3)
+    check_compatible(student, other_anchors)  # anchors are adopted, not refused
+    wider = Model("yolov5n.yaml", nc=NC, anchors=4)  # 4 anchors per level
+    with pytest.raises(TeacherMismatchError, match="3 x 3"):
+        check_compatible(student, wider)
+    teacher = Model("yolov5n.yaml", nc=NC)
+    student.names, teacher.names = [f"a{i}" for i in range(NC)], [f"b{i}" for i in range(NC)]
+    capsys.readouterr()
+    check_compatible(student, teacher)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "'a0'" in out and "'b0'" in out
 
 
 def test_check_compatible_accepts_same_head():
@@ -98,14 +133,75 @@ def test_feature_and_kl_terms_logged_and_adapters_not_in_student(tiny_data, tmp_
     assert any("adapters" in k for k in ckpt["extra"])  # kept for --resume only
 
 
-def test_two_teachers(tiny_data, tmp_path, teacher_pt):
+def test_two_teachers_of_different_widths_with_features_under_average(tiny_data, tmp_path, teacher_pt):
     second = save_teacher(tmp_path / "teacher_n.pt", cfg="yolov5n.yaml", seed=1)
     kept = []
-    run_distill(distill_args(tiny_data, tmp_path, "multi", teacher_pt, epochs=1,
-                             extra=["--d_multi", "sum", "--d_feature", "mse"]) + ["--t_weights", str(teacher_pt), str(second)],
-                keep=kept)
+    run_distill(distill_args(tiny_data, tmp_path, "multi", teacher_pt, epochs=1, extra=["--d_feature", "cwd"])
+                + ["--t_weights", str(teacher_pt), str(second)], keep=kept)
     assert len(kept[0].teachers) == 2
     assert len(kept[0].feature_terms) == 2  # one adapter set per teacher width
+    assert kept[0].output_terms["output"].mode == "average"
+    assert (tmp_path / "multi" / "weights" / "last.pt").exists()
+
+
+def test_feature_layers_tap_the_same_indices_in_the_teacher(tiny_data, tmp_path, teacher_pt):
+    kept = []
+    run_distill(distill_args(tiny_data, tmp_path, "taps", teacher_pt, epochs=1,
+                             extra=["--d_feature", "mse", "--d_feature_layers", "4", "6", "9"]), keep=kept)
+    assert kept[0].feature_layers == [4, 6, 9] and kept[0].teacher_layers == [[4, 6, 9]]
+    with pytest.raises(TeacherMismatchError, match="--t_feature_layers"):  # strides 4/8/16 vs 8/16/32
+        run_distill(distill_args(tiny_data, tmp_path, "bad", teacher_pt, epochs=1,
+                                 extra=["--d_feature", "mse", "--d_feature_layers", "4", "6", "9",
+                                        "--t_feature_layers", "2", "4", "6"]))
+    assert not (tmp_path / "bad" / "results.csv").exists()
+
+
+def test_progress_header_has_distillation_columns_from_epoch_0(tiny_data, tmp_path, teacher_pt, capsys):
+    run_distill(distill_args(tiny_data, tmp_path, "hdr", teacher_pt, epochs=1, extra=["--d_kl"]))
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "box_loss" in line)  # epoch 0's, before any batch
+    assert "dist_box" in header and "kd_cls" in header
+
+
+def test_teacher_gives_raw_levels_without_decoding(teacher_pt, monkeypatch):
+    from models.yolo import Detect
+    teacher = load_teacher(teacher_pt, device="cpu")
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        _, expected = teacher(x)  # eval forward: decoded boxes and raw levels
+    monkeypatch.setattr(Detect, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
+    raw, feats = distiller_module.run_teacher(teacher, x, [17, 20, 23])
+    assert all(torch.equal(r, e) for r, e in zip(raw, expected)) and len(feats) == 3
+    assert not teacher.training and not teacher.model[-1].training
+    assert all(torch.equal(state[k], v) for k, v in teacher.state_dict().items())  # BN stats untouched
+    half = load_teacher(teacher_pt, device="cpu", half=True)
+    assert distiller_module.run_teacher(half, x)[0][0].dtype == torch.float16  # upcast later, per level
+
+
+def test_distillation_strength_is_per_image_at_any_batch_size(teacher_pt):
+    # same 4 images repeated 2x or 8x: the per-image content is identical, only the batch grows
+    small, large = run_steps(teacher_pt, 8), run_steps(teacher_pt, 32)
+    assert large["det_norm"] == pytest.approx(4 * small["det_norm"], rel=1e-4)  # YOLOv5: loss x batch
+    assert large["ratio"] == pytest.approx(small["ratio"], rel=1e-4) and small["ratio"] > 0.01
+
+
+def test_two_gloo_ranks_match_one_process_and_share_adapters(teacher_pt, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(Path(__file__).parent / "distill_steps.py"), str(tmp_path), str(teacher_pt), "8"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = run_steps(teacher_pt, 8)  # the same global batch in one process
+    for r in ranks:
+        assert r["ratio"] == pytest.approx(single["ratio"], rel=1e-4)
+        assert r["det_norm"] == pytest.approx(single["det_norm"], rel=1e-4)
+        for g, g1 in zip(r["adapter_grad"], single["adapter_grad"]):  # averaged, not WORLD_SIZE x
+            assert torch.allclose(g, g1, rtol=1e-4, atol=1e-7)
+    for k, v in single["adapters"].items():  # after 2 steps: identical on both ranks, as one process
+        assert torch.equal(ranks[0]["adapters"][k], ranks[1]["adapters"][k]), k
+        assert torch.allclose(ranks[0]["adapters"][k], v, rtol=1e-4, atol=1e-6), k
 
 
 class Interrupted(Exception):

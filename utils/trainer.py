@@ -187,7 +187,9 @@ class Trainer:
                 self.data["val"], opt.imgsz, rank_batch * 2, self.gs, hyp=hyp, cache=opt.cache, rect=True,
                 rank=-1, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, prefix="val: ", nc=self.nc)
             if not self.resume_ckpt:
-                if not opt.noautoanchor:
+                if getattr(self.extra_loss_factory, "skips_autoanchor", False):
+                    print("AutoAnchor: skipped, the distilled student takes its teacher's anchors")
+                elif not opt.noautoanchor:
                     check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=opt.imgsz, seed=opt.seed)
                 if not opt.noplots:
                     self._plot_labels()
@@ -233,6 +235,19 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         ids = [LOCAL_RANK] if self.cuda else None
         self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=LOCAL_RANK if self.cuda else None)
+        if self.extra is None:
+            return
+
+        def mean_over_ranks(grad):
+            grad = grad.clone()
+            dist.all_reduce(grad)
+            return grad / WORLD_SIZE
+        # The extra loss's trainable parts (adapters) are outside DDP: same start on every rank, and
+        # gradients averaged over ranks like DDP averages the model's (the loss is x WORLD_SIZE).
+        for p in self.extra.parameters():
+            dist.broadcast(p.data, src=0)
+            if p.requires_grad:
+                p.register_hook(mean_over_ranks)
 
     def _gradient_sync(self, will_step):
         """DDP all-reduces gradients on every backward; micro-steps that only accumulate skip it."""
@@ -342,6 +357,8 @@ class Trainer:
         return imgs.float() / 255
 
     def _extra_names(self):
+        if self.extra is not None and hasattr(self.extra, "item_names"):  # known before the first batch
+            return list(self.extra.item_names())
         return list(getattr(self, "_extra_item_names", []))
 
     def _train_step(self, imgs, targets):
