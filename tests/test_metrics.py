@@ -210,3 +210,17 @@ def test_match_predictions_one_transfer_per_image_same_result(seed):
     want = match_per_threshold_reference(dets, labels)
     assert got.numpy().any() and (~got.numpy()).any()
     assert np.array_equal(got.numpy(), want)
+
+
+def test_ap_works_without_numpy2_trapezoid():
+    """numpy 1.x has no np.trapezoid (requirements.txt allows numpy 1.26): AP must not need it."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    # numpy 1.x: np.trapz only (numpy 2.4 removed trapz, so the test puts it back under its old name)
+    code = ("import numpy as np; np.trapz = np.__dict__.pop('trapezoid', None) or np.trapz; "
+            "from utils.metrics import compute_ap; "
+            "ap, _, _ = compute_ap(np.array([0.2, 0.6, 1.0]), np.array([1.0, 0.8, 0.5])); print(round(ap, 4))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert 0.5 < float(out.stdout) < 1.0

@@ -4,6 +4,9 @@ import torch
 
 from utils.boxes import box_iou
 
+# numpy 2.0 renamed trapz to trapezoid; requirements.txt allows numpy 1.26 too
+trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # COCO's mAP@0.5:0.95 thresholds
 CURVE_POINTS = 1000  # confidence grid for P/R/F1 curves
 
@@ -31,7 +34,7 @@ def compute_ap(recall, precision):
     mpre = np.concatenate(([1.0], precision, [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))  # precision never rises as recall falls
     x = np.linspace(0, 1, 101)
-    ap = np.trapezoid(np.interp(x, mrec, mpre), x)
+    ap = trapezoid(np.interp(x, mrec, mpre), x)
     return ap, mpre, mrec
 
 
