@@ -309,8 +309,8 @@ USE_A_CHECKPOINT = 'pass a .pt file saved by YOLOv5 v6.0+ or by this project'
 
 
 def _first_line(e, limit=200):
-    """Torch's error texts run over several lines; a user error is reported on one."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    """Torch's error texts run over several lines and sentences; a user error is reported on one."""
+    text = str(e).strip().splitlines()[0].split('. ')[0] if str(e).strip() else ''
     return f'{type(e).__name__}: {text[:limit]}'
 
 
@@ -320,6 +320,14 @@ def _dir_hint(path):
         if candidate.is_file():
             return f'pass the checkpoint inside it, e.g. {candidate}'
     return USE_A_CHECKPOINT
+
+
+def _zip_names(f):
+    """Member names of a zip archive, or None when its directory is missing or broken."""
+    try:
+        return zipfile.ZipFile(f).namelist() if zipfile.is_zipfile(f) else None
+    except (zipfile.BadZipFile, ValueError):
+        return None
 
 
 def _check_file(path):
@@ -335,7 +343,7 @@ def _check_file(path):
     try:
         with open(path, 'rb') as f:
             head = f.read(len(ZIP_MAGIC))
-        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else None
+            names = _zip_names(f)
     except OSError as e:
         raise CheckpointError(f'{path} cannot be read ({e.strerror or e}): check its permissions') from e
     if not head:
