@@ -140,8 +140,8 @@ def _resumed_options(opt, distillation):
                         f"to train more, start a new run with --weights {path}")
     trained_with = "train_distillation.py" if saved.get("t_weights") else "train.py"
     script = "train_distillation.py" if distillation else "train.py"
-    if trained_with != script:
-        raise UserError(f"--resume {path}: the run was trained with {trained_with}; "
+    if trained_with != script:  # SystemExit, as before: callers and tests rely on it
+        raise SystemExit(f"--resume {path}: the run was trained with {trained_with}; "
                         f"resume it with: python {trained_with} --resume {path}")
     keep = {k: getattr(opt, k) for k in ("device", "workers") if getattr(opt, k) is not None}
     opt = argparse.Namespace(**{**saved, **keep})  # the machine may differ after a crash
