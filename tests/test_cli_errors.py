@@ -110,6 +110,7 @@ def test_user_error_is_one_line(ws, case):
     out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    print(f"{script} | {case[0]} | {lines[0] if lines else ''}")  # shown with -rP: the table of messages
     assert out.returncode == code, out.stdout[-2000:] + out.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), out.stderr[-3000:]
     assert named in lines[0]

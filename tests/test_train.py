@@ -221,7 +221,7 @@ def test_refused_resume_names_the_fix_and_changes_nothing(one_epoch_run, tmp_pat
     ]
     before = _snapshot(one_epoch_run), _snapshot(tmp_path)
     for args, main, message in cases:
-        with pytest.raises(UserError, match=message):
+        with pytest.raises((UserError, SystemExit), match=message):
             main(train.parse_opt(args))
     assert (_snapshot(one_epoch_run), _snapshot(tmp_path)) == before
 

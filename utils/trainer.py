@@ -28,9 +28,9 @@ from utils.datasets import check_dataset, create_dataloader
 from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
-from utils.sources import check_imgsz
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
+from utils.sources import check_imgsz
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, autocast_dtype,
                                de_parallel, init_seeds, lr_lambda, select_device, smart_optimizer,
                                to_channels_last, torch_distributed_zero_first)
@@ -265,8 +265,10 @@ class Trainer:
         stopper = self.stopper
         results = (0.0,) * 7
         self.logger = ResultsLogger(self.save_dir, tensorboard=is_main_process()) if is_main_process() else None
-        if self.logger:  # --resume continues results.csv; a fresh run (even with --exist-ok) starts it anew
-            self.logger.truncate_after(self.start_epoch - 1) if self.resume_ckpt else self.logger.start_fresh()
+        if self.logger and self.resume_ckpt:  # --resume continues results.csv from its last finished epoch
+            self.logger.truncate_after(self.start_epoch - 1)
+        elif self.logger:  # a fresh run starts its own results.csv, even in an --exist-ok folder
+            self.logger.start_fresh()
         if is_main_process():
             print(f"Image sizes {opt.imgsz} train, {opt.imgsz} val; {opt.workers} dataloader workers; "
                   f"logging to {self.save_dir}\nStarting training for {opt.epochs} epochs...")
