@@ -60,8 +60,9 @@ def make_trainer(teacher, flags=("--d_kl", "--d_feature", "cwd")):
     t.compute_loss = ComputeLoss(model)
     torch.manual_seed(100 + max(RANK, 0))  # as the trainer: every rank draws other adapter weights
     t.extra = build_distiller(model, None, t.device, opt)
-    t.scaler = torch.amp.GradScaler("cuda", enabled=False)
+    t.scaler, t.amp_dtype = torch.amp.GradScaler("cuda", enabled=False), None  # CPU: no autocast
     t._wrap_ddp()
+    t.forward = t.model  # as Trainer._setup without --compile: the (DDP-wrapped) model
     return t
 
 

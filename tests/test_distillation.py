@@ -225,7 +225,8 @@ def test_resume_restores_adapters_and_teacher_settings(tiny_data, tmp_path, teac
     monkeypatch.setattr(Trainer, "_save", save)
     last = tmp_path / "cut" / "weights" / "last.pt"
 
-    with pytest.raises(SystemExit, match="train_distillation.py --resume"):
+    from utils.cli import UserError
+    with pytest.raises(UserError, match="train_distillation.py --resume"):
         train.main(train.parse_opt(["--resume", str(last)]))  # plain train.py would drop the teacher
     kept = []
     run_distill(["--resume", str(last), "--device", "cpu"], keep=kept)

@@ -254,6 +254,24 @@ def test_autoanchor_keeps_the_anchors_with_too_few_boxes(capsys):
     assert "too few" in capsys.readouterr().out
 
 
+def test_autoanchor_keeps_pretrained_anchors(capsys):
+    from types import SimpleNamespace
+    import numpy as np
+    from models.yolo import Model
+    from utils.autoanchor import check_anchors
+    model = Model("yolov5n.yaml", nc=1)
+    before = model.model[-1].anchors.clone()
+    rng = np.random.default_rng(0)
+    tiny = [np.column_stack([np.zeros(20), rng.uniform(0.2, 0.8, (20, 2)), rng.uniform(0.002, 0.006, (20, 2))])
+            .astype(np.float32) for _ in range(10)]  # 1-4 px boxes: the default anchors fit badly
+    dataset = SimpleNamespace(shapes=np.array([[640, 640]] * 10), labels=tiny)
+    assert check_anchors(dataset, model, imgsz=640, pretrained="yolov5n.pt") is False
+    assert torch.equal(model.model[-1].anchors, before)
+    assert "Keeping the anchors of yolov5n.pt" in capsys.readouterr().out
+    assert check_anchors(dataset, model, imgsz=640) is True  # from scratch: evolved for the data
+    assert not torch.equal(model.model[-1].anchors, before)
+
+
 def test_ctrl_c_prints_the_resume_command(tiny_data, tmp_path):
     args = tiny_train_args(tiny_data, tmp_path, "exp", epochs=50, extra=["--noval"])
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, text=True,

@@ -190,7 +190,8 @@ class Trainer:
                 if getattr(self.extra_loss_factory, "skips_autoanchor", False):
                     print("AutoAnchor: skipped, the distilled student takes its teacher's anchors")
                 elif not opt.noautoanchor:
-                    check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=opt.imgsz, seed=opt.seed)
+                    check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=opt.imgsz, seed=opt.seed,
+                                  pretrained=Path(opt.weights).name if opt.weights else None)
                 if not opt.noplots:
                     self._plot_labels()
         if RANK != -1:  # every rank must use the anchors rank 0 settled on
