@@ -4,7 +4,7 @@
 #
 # Usage:
 #   NAME=demo TEACHERS="weights/demo_teacher_yolov5s.pt" STUDENTS="yolov5n.yaml" \
-#   METHODS="output feature-cwd kl" DWEIGHTS="1 10" EPOCHS=20 bash scripts/sweep.sh
+#   METHODS="output feature-cwd kl" DWEIGHTS="0.5 2" EPOCHS=20 bash scripts/sweep.sh
 #
 # Grid (space-separated lists):
 #   TEACHERS  teacher checkpoints (.pt)                     [weights/demo_teacher_yolov5s.pt]
@@ -13,7 +13,7 @@
 #             (<loss>: mse, cosine, cwd; -std adds --d_standardize)   [output feature-cwd kl]
 #             Output distillation stays on unless the method has kl without output.
 #   DWEIGHTS  gain of the method's main term: --d_weight when output distillation is on,
-#             --d_alpha (KL gain) for kl without output                [1 10]
+#             --d_alpha (KL gain) for kl without output; per image (README, "Units")  [0.5 2]
 #   SEEDS     seeds of the baseline runs; >= 2 lets compare.py measure the noise  [0]
 # Common flags, passed to every run:
 #   DATA [data/synthetic.yaml]  EPOCHS [20]  IMGSZ [160]  BATCH [16]  DEVICE ['' = auto]
@@ -36,7 +36,7 @@ NAME="${NAME:-demo}"
 TEACHERS="${TEACHERS:-weights/demo_teacher_yolov5s.pt}"
 STUDENTS="${STUDENTS:-yolov5n.yaml}"
 METHODS="${METHODS:-output feature-cwd kl}"
-DWEIGHTS="${DWEIGHTS:-1 10}"
+DWEIGHTS="${DWEIGHTS:-0.5 2}"
 SEEDS="${SEEDS:-0}"
 DATA="${DATA:-data/synthetic.yaml}"
 EPOCHS="${EPOCHS:-20}"

@@ -177,10 +177,6 @@ class Trainer:
             self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
             rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
             single_cls=opt.single_cls, prefix="train: ", nc=self.nc)
-        max_label = max((int(l[:, 0].max()) for l in self.dataset.labels if len(l)), default=-1)
-        if max_label >= self.nc:
-            raise ValueError(f"label class {max_label} exceeds nc={self.nc} in {opt.data}; "
-                             f"valid classes are 0-{self.nc - 1}")
         self.val_loader = None
         if is_main_process():
             self.val_loader, _ = create_dataloader(
