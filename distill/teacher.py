@@ -12,6 +12,7 @@ import torch
 from models.checkpoint import load_model
 from models.yolo import Model
 from utils.files import resolve_file
+from utils.torch_utils import to_channels_last
 
 
 class TeacherMismatchError(ValueError):
@@ -41,6 +42,7 @@ def load_teacher(weights, cfg=None, device="cpu", half=None):
     device = torch.device(device)
     half = device.type == "cuda" if half is None else half
     model = model.to(device).half() if half else model.to(device)
+    to_channels_last(model, device)  # the student's layout (NHWC on CUDA): no layout change between them
     model.source = str(Path(weights))
     return model
 
