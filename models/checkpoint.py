@@ -3,11 +3,14 @@ and official ultralytics YOLOv5 pickles, read through a restricted unpickler tha
 whitelisted classes as inert records. No code from a checkpoint file is ever executed.
 """
 import collections
+import contextlib
 import datetime
 import logging
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import types
 import zipfile
 from pathlib import Path
@@ -282,24 +285,46 @@ def _umask():
     return mask
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise it.
+
+    A KeyboardInterrupt inside torch.save's zip writer surfaces as a RuntimeError from its cleanup
+    (the interrupt is lost); a checkpoint write takes well under a second, so it finishes first.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(path, ckpt):
-    """Write ckpt to path atomically (temp file in the same folder, fsync, os.replace)."""
+    """Write ckpt to path atomically (temp file in the same folder, fsync, os.replace); a Ctrl-C
+    during the write takes effect once the file is complete."""
     _check_plain(ckpt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {'format': FORMAT, 'version': FORMAT_VERSION,
             'date': datetime.datetime.now().isoformat(), **ckpt}
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _ctrl_c_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
+            with os.fdopen(fd, 'wb') as f:
+                torch.save(ckpt, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

@@ -456,3 +456,22 @@ def test_strip_checkpoint_keeps_outputs_and_drops_training_state(tmp_path):
     got = load_model(path)[0].eval()(x)[0]
     assert next(load_model(path)[0].parameters()).dtype == torch.float32
     assert (got - want).abs().max() < 0.05 * want.abs().max()  # fp16 rounding only
+
+
+def test_ctrl_c_during_save_finishes_the_file_then_interrupts(tmp_path, monkeypatch):
+    """Ctrl-C inside torch.save used to surface as a RuntimeError from the zip writer's cleanup."""
+    import os
+    import signal as signal_module
+    from models import checkpoint as ck
+    real_save = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal_module.SIGINT)  # arrives mid-write
+        real_save(obj, f)
+    monkeypatch.setattr(ck.torch, "save", save_hit_by_ctrl_c)
+    path = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_yaml": {}, "epoch": 0})
+    assert torch.load(path, weights_only=True)["epoch"] == 0  # complete, not truncated
+    assert not list(tmp_path.glob("*.tmp"))
+    assert signal_module.getsignal(signal_module.SIGINT) is signal_module.default_int_handler
