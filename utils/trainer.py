@@ -327,11 +327,12 @@ class Trainer:
             self._warmup(ni, epoch)
             if opt.multi_scale:
                 imgs = self._random_rescale(imgs)
-            will_step = self._accumulation_done(ni) or i == nb - 1  # the epoch's last batch always steps
-            with self._gradient_sync(will_step):
+            step_now = self._accumulation_done(ni)
+            # gradients are synced on every batch that steps, including the epoch's last (stepped below)
+            with self._gradient_sync(step_now or i == nb - 1):
                 items = self._train_step(imgs, targets)
             pending = True
-            if self._accumulation_done(ni):
+            if step_now:
                 self._optimizer_step()
                 pending = False
             sums = items if sums is None else sums + items
