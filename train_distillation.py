@@ -6,6 +6,7 @@ Every train.py flag works here; the distillation flags add a term to the detecti
         --t_weights yolov5m.pt --imgsz 640 --epochs 100 --batch-size 64
     python train_distillation.py ... --d_feature cwd --d_standardize   # + feature distillation
     python train_distillation.py ... --t_weights yolov5m.pt yolov5l.pt  # two teachers
+    python train_distillation.py ... --d_unlabeled ../datasets/more_images  # + unlabeled images
 The formulas of each term are in README.md ("Distillation methods").
 """
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 import train
 from distill.distiller import build_distiller
 from distill.losses import DEFAULT_D_WEIGHT, DEFAULT_KL_ALPHA, FEATURE_WEIGHTS
+from utils.cli import UserError
 
 ROOT = Path(__file__).resolve().parent
 DEMO_TEACHER = ROOT / "weights" / "demo_teacher_yolov5s.pt"
@@ -50,12 +52,24 @@ def build_parser():
                    help="several teachers: average their outputs then one loss, or one loss per teacher "
                         "averaged (per_teacher; 'sum' is its deprecated name)")
     g.add_argument("--d_off_last", type=int, default=0, help="switch distillation off for the last N epochs")
+    g.add_argument("--d_unlabeled", nargs="+", default=None, metavar="PATH",
+                   help="unlabeled images (folders, txt lists) the teachers also teach on; default: the dataset "
+                        "YAML's `unlabeled:` entry ('' = none). The detection loss sees labelled images only")
+    g.add_argument("--d_pseudo", type=float, default=None, metavar="CONF",
+                   help="also train the detection loss on unlabeled images, with the teachers' detections "
+                        "above CONF (after NMS) as their labels")
     g.add_argument("--t_val", nargs="?", const=True, default=False,
                    help="validate the teacher first; give a baseline results.csv or student .pt to compare")
     return p
 
 
+def check_distillation_flags(opt):
+    if getattr(opt, "d_pseudo", None) is not None and not 0 < opt.d_pseudo <= 1:
+        raise UserError(f"--d_pseudo {opt.d_pseudo}: must be a confidence in (0, 1], e.g. 0.5")
+
+
 def main(opt):
+    check_distillation_flags(opt)
     return train.main(opt, extra_loss_factory=build_distiller)
 
 

@@ -29,11 +29,12 @@
 #   teacher | base_s0 base_s1 base_s2 | kd_output_s* | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) |
 #   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST); KD seeds: KD_SEEDS [0 1]
 # Rows, issue 14 (ISSUE=14; a fixed half of the train images keeps its labels, split seed 0, by image):
-#   teacher_lab (yolov5s on the labelled half only: a teacher that saw all labels would leak them) |
-#   lab_base_s0..2 | lab_kd_s* (teacher_lab) | lab_pseudo_s* (train.py on labelled + teacher_lab
-#   pseudo-labels of the unlabelled half, conf >= PSEUDO_CONF) | ceiling = the issue-16 base_s* rows.
-#   Not runnable yet: lab_unlab_kd (KD on labelled + unlabelled images needs the trainer to leave
-#   unlabelled images out of the detection loss; as plain backgrounds they would teach "no defect").
+#   lab_base_s0..2 (labelled half alone) | lab_kd_s* (KD on the labelled half) | lab_unlab_kd_s* (KD on
+#   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
+#   teacher's boxes at conf >= PSEUDO_CONF as labels, --d_pseudo) | ceiling = the issue-16 base_s* rows.
+#   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
+#   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
+#   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
 # Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
 #   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
 # A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
@@ -50,6 +51,7 @@ STUDENT="${STUDENT:-$SHARED/weights/yolov5n.pt}"
 KD_SEEDS="${KD_SEEDS:-0 1}"
 BASE_SEEDS="${BASE_SEEDS:-0 1 2}"
 PSEUDO_CONF="${PSEUDO_CONF:-0.5}"
+SSL_TEACHER="${SSL_TEACHER:-full}"
 FAILED=()
 
 die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
@@ -84,7 +86,12 @@ case "$ISSUE" in
   *) die "ISSUE must be 16 or 14, got '$ISSUE'" ;;
 esac
 TEACHER="${TEACHER:-weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt}"
-TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}"
+case "$SSL_TEACHER" in
+  full) TEACHER_LAB="${TEACHER_LAB:-$TEACHER}" ;;
+  lab) TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}" ;;
+  *) die "SSL_TEACHER must be full or lab, got '$SSL_TEACHER'" ;;
+esac
+UNLABELLED="$TILES/images/unlabelled_$SPLIT"
 for v in EPOCHS TEACHER_EPOCHS IMGSZ BATCH WORKERS OFF_LAST; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer, got '${!v}'"
 done
@@ -96,11 +103,10 @@ rows_16() {
   for m in output mse cosine cwd kl off_last; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
 }
 rows_14() {
-  local s
-  echo teacher_lab
+  local s m
+  [[ "$SSL_TEACHER" == lab ]] && echo teacher_lab
   for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
-  for s in $KD_SEEDS; do echo "lab_kd_s$s"; done
-  for s in $KD_SEEDS; do echo "lab_pseudo_s$s"; done
+  for m in kd unlab_kd unlab_pseudo; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
 }
 
 # ROW entries: exact row names, or a row without its _s<k> suffix meaning all of its seeds.
@@ -109,8 +115,6 @@ selected_rows() {
   all="$(rows_$ISSUE)"
   [[ -z "${ROW:-}" ]] && { echo "$all"; return; }
   for want in $ROW; do
-    [[ "$want" == lab_unlab_kd ]] && die "row lab_unlab_kd is not runnable yet: the trainer has no way to" \
-      "leave unlabelled images out of the detection loss (see the header of this script)"
     hit=0
     for r in $all; do
       if [[ "$r" == "$want" || "$r" == "${want}_s"[0-9]* ]]; then echo "$r"; hit=1; fi
@@ -132,8 +136,12 @@ row_spec() {
     teacher) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0" ;;
     teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
-    lab_pseudo_s*) echo "$EPOCHS train.py $(student) --data $PROJECT/pseudo_data/pseudo.yaml --seed $seed" ;;
     kd_output_s*|lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
+    lab_unlab_kd_s*)
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED" ;;
+    lab_unlab_pseudo_s*)
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED \
+--d_pseudo $PSEUDO_CONF" ;;
     kd_mse_s*|kd_cosine_s*|kd_cwd_s*)
       local m="${row#kd_}"; m="${m%_s*}"
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature $m" ;;
@@ -179,19 +187,6 @@ exist_ok=True)[0]; \
 json.dump({'mAP_0.5': r[2], 'mAP_0.5:0.95': r[3]}, open('$json', 'w'))\""
 }
 
-# Pseudo-labelled copy of the unlabelled half: teacher_lab's detections at conf >= PSEUDO_CONF.
-PSEUDO_READY=0
-prepare_pseudo() {
-  [[ "$PSEUDO_READY" == 1 || -f "$PROJECT/pseudo_data/pseudo.yaml" ]] && return 0
-  PSEUDO_READY=1
-  echo "== pseudo-labels (teacher_lab, conf >= $PSEUDO_CONF)"
-  run "$PYTHON detect.py --weights $TEACHER_LAB --source $TILES/images/unlabelled_$SPLIT --imgsz $IMGSZ \
---conf-thres $PSEUDO_CONF --device $DEVICE --save-txt --nosave --project $PROJECT --name pseudo_detect --exist-ok" &&
-  run "$PYTHON scripts/deeppcb_tiles.py --data $SHARED/datasets/deeppcb/deeppcb.yaml --tile $TILE --out $TILES \
-$SUBSET_FLAG --labelled-fraction 0.5 --split-seed 0 --pseudo-labels $PROJECT/pseudo_detect/labels \
---pseudo-out $PROJECT/pseudo_data"
-}
-
 run_row() {
   local row="$1" spec epochs script flags dir done
   spec="$(row_spec "$row")" || exit 2
@@ -203,11 +198,6 @@ run_row() {
     local t="${flags##*--t_weights }"; t="${t%% *}"
     [[ -f "$t" || "$DRY_RUN" == 1 ]] || { echo "== $row: teacher $t missing: run its teacher row first"
       FAILED+=("$row"); return 0; }
-  fi
-  if [[ "$row" == lab_pseudo_* ]]; then
-    [[ -f "$TEACHER_LAB" || "$DRY_RUN" == 1 ]] || { echo "== $row: $TEACHER_LAB missing: run ROW=teacher_lab first"
-      FAILED+=("$row"); return 0; }
-    prepare_pseudo || { FAILED+=("$row"); return 0; }
   fi
   echo "== $row ($epochs epochs)"
   if [[ -f "$dir/weights/last.pt" ]]; then

@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 
 from distill.losses import (DEFAULT_D_WEIGHT, DEFAULT_KL_ALPHA, DistillInputs, FeatureDistillation, MultiTeacher,
-                            OutputDistillation, SoftLabelKL, multi_mode)
-from distill.teacher import (TeacherMismatchError, adopt_teacher_anchors, check_compatible, load_teacher,
-                             run_teacher)
+                            OutputDistillation, SoftLabelKL, average_teachers, multi_mode)
+from distill.pseudo import pseudo_targets
+from distill.teacher import (TeacherMismatchError, adopt_teacher_anchors, check_compatible, detect_head,
+                             load_teacher, run_teacher)
 
 PROBE_SIZE = 128  # px: resolves strides up to 64 (P6 models) with a cheap forward pass
 
@@ -54,10 +55,15 @@ class Distiller(nn.Module):
     def __init__(self, student, teachers, d_output=True, d_weight=DEFAULT_D_WEIGHT, d_kl=False,
                  temperature=4.0, alpha=DEFAULT_KL_ALPHA, d_feature=None, feature_weight=None, feature_layers=None,
                  standardize=False, tau=1.0, multi_teacher="average", off_last_epochs=0,
-                 teacher_feature_layers=None, fork_units=False):
+                 teacher_feature_layers=None, fork_units=False, pseudo_conf=None):
         super().__init__()
         self.teachers = list(teachers)
         self.off_last_epochs, self.active = off_last_epochs, True
+        self.pseudo_conf = pseudo_conf  # None: unlabeled images get the soft terms only
+        if pseudo_conf is not None and not (d_output or d_kl):
+            raise ValueError("--d_pseudo needs teacher outputs of the student's classes: keep --d_output")
+        self._batch_outputs = None  # (imgs, teacher outputs) of the current batch, shared by both hooks
+        self._pseudo_per_image = None
         self.output_terms = nn.ModuleDict()
         if d_output or d_kl:
             multi_teacher = multi_mode(multi_teacher)
@@ -94,12 +100,35 @@ class Distiller(nn.Module):
         if not self.active and epoch == epochs - self.off_last_epochs:
             print(f"Distillation off from epoch {epoch} (--d_off_last {self.off_last_epochs})")
 
+    def _teacher_outputs(self, imgs):
+        """The teachers' outputs for this batch, computed once even when both hooks need them."""
+        if self._batch_outputs is None or self._batch_outputs[0] is not imgs:
+            outs = [DistillInputs(*run_teacher(t, imgs, layers))
+                    for t, layers in zip(self.teachers, self.teacher_layers)]
+            self._batch_outputs = (imgs, outs)
+        return self._batch_outputs[1]
+
+    def label_batch(self, imgs, targets, labelled):
+        """--d_pseudo: give the batch's unlabeled images the teachers' confident boxes as targets.
+
+        Returns (targets, labelled): with pseudo-labels every image is labelled for the detection loss;
+        without, both come back unchanged (unlabeled images then get the distillation terms only).
+        """
+        if self.pseudo_conf is None or labelled is None or not self.active or bool(labelled.all()):
+            return targets, labelled
+        outs = self._teacher_outputs(imgs)
+        levels = outs[0].preds if len(outs) == 1 else average_teachers(outs).preds
+        ids = torch.nonzero(~labelled).view(-1).to(imgs.device)
+        extra = pseudo_targets(detect_head(self.teachers[0]), levels, ids, imgs.shape[2:], self.pseudo_conf)
+        self._pseudo_per_image = extra.new_tensor(extra.shape[0] / len(ids))
+        return torch.cat((targets, extra.to(targets.dtype))), torch.ones_like(labelled)
+
     def forward(self, imgs, targets, student_preds, student_features):
         zero = student_preds[0].new_zeros(()).float()
         if not self.active:  # keep the same columns so results.csv stays rectangular
             return zero, OrderedDict((k, zero.detach()) for k in self.item_names())
-        teacher_outs = [DistillInputs(*run_teacher(t, imgs, layers))
-                        for t, layers in zip(self.teachers, self.teacher_layers)]
+        teacher_outs = self._teacher_outputs(imgs)
+        self._batch_outputs = None  # release them: nothing reads them after this batch's loss
         student = DistillInputs(list(student_preds), list(student_features or []))
         total, items = zero, OrderedDict()
         for term in self.output_terms.values():
@@ -111,6 +140,9 @@ class Distiller(nn.Module):
             feat = sum(l for l, _ in losses) / len(losses)
             total = total + feat
             items["feat"] = feat.detach()
+        if self.pseudo_conf is not None:  # boxes per unlabeled image (0 in batches without any)
+            items["pseudo"] = self._pseudo_per_image if self._pseudo_per_image is not None else zero.detach()
+            self._pseudo_per_image = None
         return total, items
 
     def item_names(self):
@@ -122,6 +154,8 @@ class Distiller(nn.Module):
             names += ["kd_cls"]
         if self.feature_terms:
             names += ["feat"]
+        if self.pseudo_conf is not None:
+            names += ["pseudo"]
         return names
 
 
@@ -160,9 +194,11 @@ def build_distiller(student, data, device, opt):
         feature_weight=opt.d_feature_weight, feature_layers=opt.d_feature_layers,
         standardize=opt.d_standardize, tau=opt.d_tau, multi_teacher=opt.d_multi,
         off_last_epochs=opt.d_off_last, teacher_feature_layers=getattr(opt, "t_feature_layers", None),
-        fork_units=fork_units)
+        fork_units=fork_units, pseudo_conf=getattr(opt, "d_pseudo", None))
 
 
 # The trainer skips AutoAnchor for the student: it takes the teacher's anchors (load_checked_teachers).
 build_distiller.skips_autoanchor = True
+# Unlabeled images (--d_unlabeled, the dataset's `unlabeled:`) join training: the teachers teach on them.
+build_distiller.learns_from_unlabeled = True
 

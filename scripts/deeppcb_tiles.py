@@ -222,29 +222,6 @@ def train_subset(out, n, seed):
     return subset
 
 
-def pseudo_dataset(out, tag, pred_labels, dst):
-    """Labelled tiles + the unlabelled tiles with predicted labels (detect.py --save-txt) as one dataset."""
-    pred_labels, dst = Path(pred_labels), Path(dst).resolve()
-    unl_dir = out / 'images' / f'unlabelled_{tag}'
-    if not unl_dir.is_dir() or not pred_labels.is_dir():
-        raise FileNotFoundError(f'need {unl_dir} (--labelled-fraction) and {pred_labels} (detect.py --save-txt)')
-    (dst / 'images').mkdir(parents=True, exist_ok=True)
-    (dst / 'labels').mkdir(exist_ok=True)
-    n_boxes = 0
-    for im in sorted(unl_dir.glob('*.png')):
-        if not (dst / 'images' / im.name).exists():
-            link_or_copy(im, dst / 'images' / im.name)
-        pred = pred_labels / f'{im.stem}.txt'
-        rows = [r.split()[:5] for r in pred.read_text().splitlines() if r.strip()] if pred.is_file() else []
-        (dst / 'labels' / f'{im.stem}.txt').write_text(''.join(' '.join(r) + '\n' for r in rows))  # drop conf
-        n_boxes += len(rows)
-    names = json.loads((out / MARKER).read_text())['names']
-    train = json.dumps([str(out / 'splits' / f'labelled_{tag}.txt'), str(dst / 'images')])
-    write_yaml(dst / 'pseudo.yaml', names, train, str(out / 'images' / 'val'))
-    print(f'pseudo-labelled set: {dst / "pseudo.yaml"} ({n_boxes} predicted boxes on the unlabelled tiles)')
-    return dst / 'pseudo.yaml'
-
-
 # ----------------------------------------------------------------------------- CLI
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
@@ -258,8 +235,6 @@ def parse_opt(argv=None):
     p.add_argument('--split-seed', type=int, default=0, help='seed of the labelled/unlabelled split')
     p.add_argument('--train-subset', type=int, help='also write a list of this many random train tiles')
     p.add_argument('--subset-seed', type=int, default=0, help='seed of --train-subset')
-    p.add_argument('--pseudo-labels', help='issue 14: detect.py --save-txt labels of the unlabelled tiles ...')
-    p.add_argument('--pseudo-out', help='... -> this folder: labelled half + pseudo-labelled half (pseudo.yaml)')
     opt = p.parse_args(argv)
     opt.stride = opt.stride or opt.tile
     if opt.tile < 32 or not 0 < opt.stride <= opt.tile:
@@ -285,11 +260,6 @@ def main(opt):
         pool_tag = f'sub{opt.train_subset}_s{opt.subset_seed}'
     if opt.labelled_fraction is not None:
         split_labelled(out, opt.labelled_fraction, opt.split_seed, pool, pool_tag)
-    if opt.pseudo_labels:
-        if opt.labelled_fraction is None or not opt.pseudo_out:
-            raise ValueError('--pseudo-labels needs --labelled-fraction, --split-seed and --pseudo-out')
-        tag = split_tag(opt.labelled_fraction, opt.split_seed, pool_tag)
-        pseudo_dataset(out, tag, opt.pseudo_labels, opt.pseudo_out)
     return out
 
 

@@ -106,17 +106,6 @@ def test_labelled_split_is_fixed_by_source_image_and_hides_labels(tmp_path):
     d = yaml.safe_load((out / 'tiles_labelled_f50_s0.yaml').read_text())
     assert d['train'] == 'splits/labelled_f50_s0.txt'
 
-    # pseudo-labels: detect.py --save-txt rows (with confidence) become plain labels of the unlabelled tiles
-    tiles.split_labelled(out, 0.5, seed=0)
-    pred = tmp_path / 'pred'
-    pred.mkdir()
-    first = Path(unlabelled[0])
-    (pred / f'{first.stem}.txt').write_text('3 0.5 0.5 0.25 0.25 0.91\n')
-    pseudo = tiles.pseudo_dataset(out, 'f50_s0', pred, tmp_path / 'pseudo')
-    d = yaml.safe_load(pseudo.read_text())
-    assert d['train'] == [str(out / 'splits' / 'labelled_f50_s0.txt'), str(tmp_path / 'pseudo' / 'images')]
-    assert (tmp_path / 'pseudo' / 'labels' / f'{first.stem}.txt').read_text() == '3 0.5 0.5 0.25 0.25\n'
-    assert len(list((tmp_path / 'pseudo' / 'images').glob('*.png'))) == 12
 
 
 def run_script(tmp_path, **env):
@@ -149,10 +138,15 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert not (tmp_path / 'runs').exists()
 
     gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
-    assert list(gpu) == ['teacher_lab', 'lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1',
-                         'lab_pseudo_s0', 'lab_pseudo_s1']
+    assert list(gpu) == ['lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1', 'lab_unlab_kd_s0',
+                         'lab_unlab_kd_s1', 'lab_unlab_pseudo_s0', 'lab_unlab_pseudo_s1']
     assert all('--imgsz 640' in c and '--batch-size 64' in c for c in gpu.values())
-    assert 'labelled_f50_s0.yaml' in gpu['lab_kd_s0'] and 'pseudo.yaml' in gpu['lab_pseudo_s1']
+    assert 'labelled_f50_s0.yaml' in gpu['lab_kd_s0'] and '--d_unlabeled' not in gpu['lab_kd_s0']
+    assert 'deeppcb_teacher_yolov5s_gpu.pt' in gpu['lab_kd_s0']  # SSL_TEACHER=full: the issue-16 teacher
+    assert '--d_unlabeled datasets/deeppcb_640/images/unlabelled_f50_s0' in gpu['lab_unlab_kd_s1']
+    assert '--d_pseudo 0.5' in gpu['lab_unlab_pseudo_s0'] and '--d_pseudo' not in gpu['lab_unlab_kd_s0']
+    lab = planned(run_script(tmp_path, ISSUE='14', SSL_TEACHER='lab').stdout)
+    assert list(lab)[0] == 'teacher_lab' and 'deeppcb_teacher_lab_yolov5s_cpu.pt' in lab['lab_unlab_kd_s0']
 
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
@@ -162,5 +156,5 @@ def test_row_selection(tmp_path):
     assert 'compare.py' not in r.stdout
     bad = run_script(tmp_path, ROW='kd_typo')
     assert bad.returncode == 2 and "unknown row 'kd_typo'" in bad.stderr
-    pending = run_script(tmp_path, ISSUE='14', ROW='lab_unlab_kd')
-    assert pending.returncode == 2 and 'not runnable yet' in pending.stderr
+    ssl = run_script(tmp_path, ISSUE='14', ROW='lab_unlab_kd')
+    assert ssl.returncode == 0 and list(planned(ssl.stdout)) == ['lab_unlab_kd_s0', 'lab_unlab_kd_s1']

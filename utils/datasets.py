@@ -128,7 +128,8 @@ def _missing_message(d, missing):
 def check_dataset(data):
     """Read and validate a dataset YAML (path or dict); return it with absolute paths and names as a list.
 
-    Keys returned: path, train, val, test (None when absent), nc, names, plus the YAML's other keys.
+    Keys returned: path, train, val, test and unlabeled (None when absent), nc, names, plus the YAML's
+    other keys.
     A plain-data `synthetic:` mapping generates the embedded dataset on first use.
     """
     d, base = _read_data_yaml(data)
@@ -139,7 +140,7 @@ def check_dataset(data):
     d['nc'], d['names'] = _normalize_names(d, where)
     root = Path(str(d.get('path') or base)).expanduser()
     d['path'] = str(root if root.is_absolute() else (base / root).resolve())
-    for k in ('train', 'val', 'test'):
+    for k in ('train', 'val', 'test', 'unlabeled'):  # unlabeled: images for distillation only (checked when used)
         d[k] = _resolve_split(d[k], Path(d['path'])) if d.get(k) else None
     if isinstance(d.get('synthetic'), dict):
         from utils.synthetic import ensure_synthetic  # only needed for the embedded dataset
@@ -201,7 +202,7 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=None, single_cls=False, stride=32, pad=0.0,
-                 prefix='', seed=0, nc=None):
+                 prefix='', seed=0, nc=None, unlabeled=None):
         self.img_size, self.augment = img_size, augment
         self.hyp = dict(hyp if hyp is not None else default_hyp() if augment else {})
         self.image_weights = image_weights
@@ -211,6 +212,10 @@ class LoadImagesAndLabels(Dataset):
         self.sample_weights = None  # set by the trainer for --image-weights (read by the sampler)
         self._bad = set()
         self._load_labels(path, nc, single_cls)
+        self.is_unlabeled = np.zeros(self.n, bool)  # per image: True = no labels (distillation only)
+        if unlabeled:
+            self._add_unlabeled(unlabeled)
+        self.unlabeled_files = {f for f, u in zip(self.im_files, self.is_unlabeled) if u}
         self.indices = np.arange(self.n)
         self.batch = np.floor(np.arange(self.n) / batch_size).astype(int)
         self.batch_shapes = None
@@ -249,6 +254,42 @@ class LoadImagesAndLabels(Dataset):
             check_class_ids(self.label_files, self.labels, nc, where=f'{self.prefix}{path}')
         self.n = len(kept)
 
+    def _add_unlabeled(self, path):
+        """Append the images of `path` (folder, txt list, or a list of them) without labels.
+
+        Their label files are never read: an unlabeled image is not a "missing label" background.
+        Images already in the labelled set stay labelled (they are dropped from the unlabeled pool).
+        """
+        prefix = self.prefix.replace('train', 'unlabeled') if 'train' in self.prefix else 'unlabeled: '
+        try:
+            im_files = list_image_files(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f'{prefix}{e}') from None
+        except DatasetError as e:
+            raise DatasetError(f'{prefix}{e}') from None
+        p = Path(path) if isinstance(path, (str, Path)) else None
+        cache_path = p.with_suffix('.unlabeled.cache') if p is not None and p.is_file() else \
+            Path(im_files[0]).parent.with_suffix('.unlabeled.cache')
+        records, from_cache, _ = scan_with_cache(im_files, None, cache_path)
+        report(summarize(records), ', '.join(map(str, _as_list(path))), prefix, from_cache)
+        labelled = set(self.im_files)
+        kept = [r for r in records if r.status == 'unlabeled' and r.im_file not in labelled]
+        if len(kept) < sum(r.status == 'unlabeled' for r in records):
+            LOGGER.warning(f'{prefix}WARNING: {sum(r.status == "unlabeled" for r in records) - len(kept)} '
+                           f'images are also in the labelled set; they stay labelled')
+        if not kept:
+            raise DatasetError(f'{prefix}No usable unlabeled images in {path} (see the report above)')
+        self.im_files += [r.im_file for r in kept]
+        self.label_files += [''] * len(kept)
+        self.labels += [np.zeros((0, 5), np.float32) for _ in kept]
+        self.shapes = np.concatenate([self.shapes, np.array([r.shape for r in kept], np.float64).reshape(-1, 2)])
+        self.is_unlabeled = np.concatenate([self.is_unlabeled, np.ones(len(kept), bool)])
+        self.n += len(kept)
+
+    @property
+    def n_unlabeled(self):
+        return int(self.is_unlabeled.sum())
+
     def _sort_for_rect(self, batch_size, pad):
         """Sort by aspect ratio and give each batch the smallest stride-multiple shape that fits it."""
         ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
@@ -256,6 +297,7 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        self.is_unlabeled = self.is_unlabeled[order]
         self.shapes, ar = self.shapes[order], ar[order]
         nb = self.batch[-1] + 1
         shapes = [[1, 1]] * nb
@@ -381,9 +423,13 @@ class LoadImagesAndLabels(Dataset):
                 LOGGER.warning(f'{self.prefix}WARNING: {e}; using another image instead')
         raise DatasetError(f'{self.prefix}{MAX_LOAD_RETRIES} images in a row failed to load near index {index}')
 
-    def _random_index(self, rng):
+    def _random_index(self, rng, like=None):
+        """A random usable image; with `like`, one of the same pool (labelled or unlabeled) as it."""
+        pool = None
+        if like is not None and self.is_unlabeled.any():
+            pool = np.flatnonzero(self.is_unlabeled == self.is_unlabeled[like])
         for _ in range(MAX_LOAD_RETRIES):
-            i = int(rng.integers(self.n))
+            i = int(rng.integers(self.n)) if pool is None else int(pool[rng.integers(len(pool))])
             if i not in self._bad:
                 return i
         return i
@@ -394,7 +440,7 @@ class LoadImagesAndLabels(Dataset):
         if use_mosaic and rng.random() < hyp.get('mosaic', 1.0):
             img, labels = self.load_mosaic(index, rng)
             if rng.random() < hyp.get('mixup', 0.0):
-                img, labels = mixup(img, labels, *self.load_mosaic(self._random_index(rng), rng), rng)
+                img, labels = mixup(img, labels, *self.load_mosaic(self._random_index(rng, like=index), rng), rng)
         else:
             img, labels, shapes = self._load_letterboxed(index)
             if self.augment:
@@ -429,9 +475,12 @@ class LoadImagesAndLabels(Dataset):
         return img, labels, shapes
 
     def load_mosaic(self, index, rng):
-        """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective."""
+        """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective.
+
+        Partners come from `index`'s own pool: a mosaic is all labelled or all unlabeled, so one flag per
+        image says whether the detection loss may read its (missing) boxes."""
         hyp, s = self.hyp, self.img_size
-        indices = rng.permutation([index] + [self._random_index(rng) for _ in range(3)])
+        indices = rng.permutation([index] + [self._random_index(rng, like=index) for _ in range(3)])
         samples = [(self.load_image(int(i))[0], self.labels[int(i)]) for i in indices]
         img4, labels4 = mosaic4(samples, s, rng)
         img4, labels4 = copy_paste_boxes(img4, labels4, rng, p=hyp.get('copy_paste', 0.0))
@@ -499,14 +548,16 @@ def seed_worker(worker_id):
 
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, cache=None, rect=False,
                       rank=-1, workers=8, pad=0.0, shuffle=False, seed=0, single_cls=False, prefix='',
-                      image_weights=False, nc=None):
-    """Build the dataset and its loader -> (loader, dataset). `nc` enables the class-id check."""
+                      image_weights=False, nc=None, unlabeled=None):
+    """Build the dataset and its loader -> (loader, dataset). `nc` enables the class-id check;
+    `unlabeled` (path or list) adds images without labels, flagged in `dataset.is_unlabeled`."""
     if rect and shuffle:
         LOGGER.warning(f'{prefix}WARNING: --rect is incompatible with shuffling; shuffle=False')
         shuffle = False
     dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                   image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                  stride=int(stride), pad=pad, prefix=prefix, seed=seed, nc=nc)
+                                  stride=int(stride), pad=pad, prefix=prefix, seed=seed, nc=nc,
+                                  unlabeled=unlabeled)
     batch_size = min(batch_size, len(dataset))
     nd = max(torch.cuda.device_count(), 1)
     nw = min((os.cpu_count() or 1) // nd, batch_size if batch_size > 1 else 0, workers)

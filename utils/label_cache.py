@@ -37,7 +37,7 @@ class DatasetError(ValueError):
 class ScanRecord:
     """Outcome of verifying one image and its label file."""
     im_file: str
-    status: str  # 'found' | 'missing' | 'empty' | 'corrupt'
+    status: str  # 'found' | 'missing' | 'empty' | 'corrupt' | 'unlabeled'
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
     shape: tuple = (0, 0)  # (w, h) after EXIF rotation
     dropped_rows: int = 0
@@ -185,11 +185,15 @@ def _describe_problems(problems):
 
 
 def verify_image_label(im_file, lb_file):
-    """Check one image and its labels; never raises (every failure becomes a ScanRecord)."""
+    """Check one image and its labels; never raises (every failure becomes a ScanRecord).
+
+    `lb_file` None: an unlabeled image (distillation only), whose label file is never read."""
     try:
         shape = verify_image(im_file)
     except (ValueError, OSError) as e:
         return ScanRecord(im_file, 'corrupt', message=f'{im_file}: {e}; image dropped')
+    if lb_file is None:
+        return ScanRecord(im_file, 'unlabeled', shape=shape)
     if not os.path.isfile(lb_file):
         return ScanRecord(im_file, 'missing', shape=shape)
     try:
@@ -324,9 +328,12 @@ def _try_save(paths, records, hash_):
 def scan_with_cache(im_files, label_files, cache_path):
     """Records for all images, from the cache when valid, else scanned and cached.
 
-    Returns (records, from_cache, cache path or None when no cache could be written).
+    `label_files` None scans unlabeled images (images only). Returns (records, from_cache, cache
+    path or None when no cache could be written).
     """
-    hash_ = files_hash(list(im_files) + list(label_files))
+    if label_files is None:
+        label_files = [None] * len(im_files)
+    hash_ = files_hash(list(im_files) + [f for f in label_files if f is not None])
     paths = cache_candidates(cache_path)
     for p in paths:
         records = load_cache(p, hash_)
@@ -358,7 +365,7 @@ def check_class_ids(label_files, labels, nc, where):
 # ---------------------------------------------------------------- report
 def summarize(records):
     """Counts as YOLOv5 reports them, plus the number of dropped label rows."""
-    counts = {k: 0 for k in ('found', 'missing', 'empty', 'corrupt')}
+    counts = {k: 0 for k in ('found', 'missing', 'empty', 'corrupt', 'unlabeled')}
     for r in records:
         counts[r.status] += 1
     counts['dropped_rows'] = sum(r.dropped_rows for r in records)
@@ -369,9 +376,12 @@ def summarize(records):
 def report(summary, where, prefix='', from_cache=False):
     """Log the summary line and the first offending files."""
     s = summary
-    line = (f"{prefix}{'Cached' if from_cache else 'Scanned'} images and labels in {where}: {s['found']} found, "
-            f"{s['missing']} missing, {s['empty']} empty, {s['corrupt']} corrupt, "
-            f"{s['dropped_rows']} label rows dropped")
+    verb = 'Cached' if from_cache else 'Scanned'
+    if s['unlabeled'] and not (s['found'] or s['missing'] or s['empty']):  # an unlabeled pool: no labels read
+        line = f"{prefix}{verb} unlabeled images in {where}: {s['unlabeled']} usable, {s['corrupt']} corrupt"
+    else:
+        line = (f"{prefix}{verb} images and labels in {where}: {s['found']} found, {s['missing']} missing, "
+                f"{s['empty']} empty, {s['corrupt']} corrupt, {s['dropped_rows']} label rows dropped")
     msgs = s['messages']
     (LOGGER.warning if msgs else LOGGER.info)(line)
     for m in msgs[:SHOWN_MESSAGES]:

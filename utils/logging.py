@@ -67,16 +67,19 @@ def _fmt(v):
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def progress_header(loss_names):
-    """Column titles of the training progress bar (YOLOv5 layout plus any extra loss terms)."""
+def progress_header(loss_names, image_counts=False):
+    """Column titles of the training progress bar (YOLOv5 layout plus any extra loss terms; with
+    `image_counts`, the labelled and unlabeled images seen so far this epoch)."""
     names = ["Epoch", "GPU_mem"] + list(loss_names) + ["Instances", "Size"]
+    names += ["Labelled", "Unlabeled"] if image_counts else []
     return ("%11s" * len(names)) % tuple(names)
 
 
-def progress_text(epoch, epochs, mem_gb, losses, n_instances, imgsz):
+def progress_text(epoch, epochs, mem_gb, losses, n_instances, imgsz, image_counts=None):
     """One progress-bar description line, aligned with `progress_header`."""
-    return ("%11s" * 2 + "%11.4g" * (len(losses) + 2)) % (
-        f"{epoch}/{epochs - 1}", f"{mem_gb:.3g}G", *losses, n_instances, imgsz)
+    counts = list(image_counts or [])
+    return ("%11s" * 2 + "%11.4g" * (len(losses) + 2) + "%11d" * len(counts)) % (
+        f"{epoch}/{epochs - 1}", f"{mem_gb:.3g}G", *losses, n_instances, imgsz, *counts)
 
 
 def setup_cli_logging(verbose=True):

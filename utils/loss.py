@@ -49,6 +49,8 @@ class ComputeLoss:
     must ours: box *= 3 / nl, cls *= nc / 80 * 3 / nl, obj *= (imgsz / 640) ** 2 * 3 / nl.
     Call: `loss(preds, targets)` with preds the train-mode list of [B, na, ny, nx, 5 + nc] logits
     and targets [n, 6] (image, class, xc, yc, w, h normalised) -> (total * B, [box, obj, cls]).
+    `labelled` (bool [B], optional) limits the loss to those images: an unlabeled image has no boxes
+    to learn from, and its objectness must not learn "background everywhere"; B is then their count.
     """
 
     def __init__(self, model):
@@ -75,10 +77,16 @@ class ComputeLoss:
         self.offsets = NEIGHBOUR_OFFSETS.to(device) * 0.5
         self._grid_gains = {}  # (grid sizes per level) -> [nl, 7] gains, copied to the device once
 
-    def __call__(self, preds, targets):
+    def __call__(self, preds, targets, labelled=None):
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
         targets = targets.to(self.device, non_blocking=True)
+        bs = preds[0].shape[0]
+        if labelled is not None:  # a host tensor (built from the batch's paths): counting it costs no sync
+            bs = int(labelled.sum())
+            if bs == 0:  # nothing to learn from: a zero that keeps the graph
+                return sum(p.sum() for p in preds) * 0.0, torch.zeros(3, device=self.device)
+            labelled = labelled.to(self.device, non_blocking=True)
         lbox = torch.zeros(1, device=self.device)
         lobj = torch.zeros(1, device=self.device)
         lcls = torch.zeros(1, device=self.device)
@@ -97,11 +105,13 @@ class ComputeLoss:
                     t = torch.full_like(pcls, self.cn)
                     t[torch.arange(b.shape[0], device=self.device), tcls[i]] = self.cp
                     lcls += self.bce_cls(pcls, t)
-            lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+            if labelled is None:
+                lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+            else:
+                lobj += self.bce_obj(pi[..., 4][labelled], tobj[labelled]) * self.balance[i]
         lbox *= self.hyp["box"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
-        bs = preds[0].shape[0]
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, preds, targets):

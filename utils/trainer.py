@@ -55,6 +55,7 @@ class Trainer:
         self.opt = opt
         self.extra_loss_factory = extra_loss_factory
         self.extra = None
+        self.unlabeled_files = set()  # training images without labels (distillation only)
         self.save_dir = Path(opt.save_dir)
         self.weights_dir = self.save_dir / "weights"
 
@@ -170,13 +171,26 @@ class Trainer:
         for name, p in self.model.named_parameters():
             p.requires_grad = not name.startswith(prefixes)
 
+    def _unlabeled_source(self):
+        """Unlabeled training images: --d_unlabeled ('' = none), else the dataset YAML's `unlabeled:`.
+
+        Only an extra loss that learns from them (distillation) gets them: the detection loss cannot."""
+        flag = getattr(self.opt, "d_unlabeled", None)
+        source = [p for p in flag if p] if flag is not None else self.data.get("unlabeled")
+        if source and not getattr(self.extra_loss_factory, "learns_from_unlabeled", False):
+            print(f"unlabeled: {source} not used (the detection loss needs labels; train_distillation.py "
+                  "teaches the student on unlabeled images)")
+            return None
+        return source or None
+
     def _build_loaders(self):
         opt, hyp = self.opt, self.hyp
         rank_batch = opt.batch_size // WORLD_SIZE
         self.train_loader, self.dataset = create_dataloader(
             self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
             rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
-            single_cls=opt.single_cls, prefix="train: ", nc=self.nc)
+            single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self._unlabeled_source())
+        self.unlabeled_files = self.dataset.unlabeled_files  # per-image flags of each batch come from its paths
         self.val_loader = None
         if is_main_process():
             self.val_loader, _ = create_dataloader(
@@ -313,15 +327,21 @@ class Trainer:
             self.dataset.close_mosaic()
         names = ["box_loss", "obj_loss", "cls_loss"]
         sums, count = None, 0  # summed on the device; read back only to draw the bar and at the end
+        image_counts = [0, 0] if self.unlabeled_files else None  # labelled, unlabeled images this epoch
         pbar = enumerate(self.train_loader)
         if is_main_process():
-            print(progress_header(names + self._extra_names()))
+            print(progress_header(names + self._extra_names(), image_counts=image_counts is not None))
             pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
         self.optimizer.zero_grad(set_to_none=True)
         pending, last_draw = False, -math.inf
         batch_hook = getattr(self, "batch_hook", None)  # opt-in timing (benchmarks/bench_speed.py)
-        for i, (imgs, targets, _, _) in pbar:
+        for i, (imgs, targets, paths, _) in pbar:
             ni = self.current_ni = i + nb * epoch
+            labelled = self._labelled_mask(paths)
+            if labelled is not None:
+                n_labelled = int(labelled.sum())
+                image_counts[0] += n_labelled
+                image_counts[1] += len(paths) - n_labelled
             imgs = self._to_device_input(imgs)
             targets = targets.to(self.device, non_blocking=True)
             self._warmup(ni, epoch)
@@ -330,7 +350,7 @@ class Trainer:
             step_now = self._accumulation_done(ni)
             # gradients are synced on every batch that steps, including the epoch's last (stepped below)
             with self._gradient_sync(step_now or i == nb - 1):
-                items = self._train_step(imgs, targets)
+                items = self._train_step(imgs, targets, labelled)
             pending = True
             if step_now:
                 self._optimizer_step()
@@ -341,13 +361,29 @@ class Trainer:
                 last_draw = time.monotonic()
                 mem = torch.cuda.memory_reserved() / 1e9 if self.cuda else 0.0
                 pbar.set_description(progress_text(epoch, opt.epochs, mem, (sums / count).tolist(),
-                                                   targets.shape[0], imgs.shape[-1]))
+                                                   targets.shape[0], imgs.shape[-1], image_counts))
             if batch_hook:
                 batch_hook(i, imgs.shape[0])
         if pending:  # a complete state at every epoch end is what makes --resume exact
             self._optimizer_step()
         means = (sums / max(count, 1)).tolist() if sums is not None else []
-        return dict(zip(names + self._extra_names(), means))
+        items = dict(zip(names + self._extra_names(), means))
+        if image_counts is not None:
+            items.update(zip(("labelled_imgs", "unlabeled_imgs"), self._summed_over_ranks(image_counts)))
+        return items
+
+    def _labelled_mask(self, paths):
+        """Per image of the batch, whether it has labels (bool [B] on the host); None: all have."""
+        if not self.unlabeled_files:
+            return None
+        return torch.tensor([p not in self.unlabeled_files for p in paths])
+
+    def _summed_over_ranks(self, counts):
+        if RANK == -1:
+            return list(counts)
+        t = torch.tensor(counts, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
 
     def _to_device_input(self, imgs):
         """uint8 batch -> float 0-1 on the device (NHWC on CUDA, matching the channels-last weights)."""
@@ -361,15 +397,19 @@ class Trainer:
             return list(self.extra.item_names())
         return list(getattr(self, "_extra_item_names", []))
 
-    def _train_step(self, imgs, targets):
-        """Forward, loss (detection + extra) and backward for one batch; returns detached loss items."""
+    def _train_step(self, imgs, targets, labelled=None):
+        """Forward, loss (detection + extra) and backward for one batch; returns detached loss items.
+
+        `labelled` (bool [B] or None): the detection loss reads only those images; the extra loss all."""
         feature_layers = getattr(self.extra, "feature_layers", None) or None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             if feature_layers:
                 preds, features = self.forward(imgs, feature_layers=feature_layers)
             else:
                 preds, features = self.forward(imgs), None
-            loss, items = self.compute_loss(preds, targets)
+            if labelled is not None and hasattr(self.extra, "label_batch"):  # --d_pseudo
+                targets, labelled = self.extra.label_batch(imgs, targets, labelled)
+            loss, items = self.compute_loss(preds, targets, labelled)
             if self.extra is not None:
                 extra_loss, extra_items = self.extra(imgs, targets, preds, features)
                 loss = loss + extra_loss * imgs.shape[0]  # same per-image units as the detection terms
@@ -435,7 +475,7 @@ class Trainer:
             row[f"x/lr{j}"] = lr
         row["x/elapsed_s"] = round(self.elapsed, 2)
         if epoch == self.start_epoch and self.logger.columns[-1] != "x/elapsed_s":
-            extra_cols = [f"train/{k}" for k in self._extra_names()] + ["x/elapsed_s"]
+            extra_cols = [f"train/{k}" for k in train_items] + ["x/elapsed_s"]
             self.logger.columns += [c for c in extra_cols if c not in self.logger.columns]
         self.logger.log_epoch(row)
 
