@@ -13,7 +13,7 @@
 #        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
 #        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
 #   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
-#   Schedules (cpu: students 6 epochs <= 45 min, teacher 20 epochs <= 2.5 h, estimated; gpu: 50 / 100)
+#   Schedules (cpu: students 6 epochs, teacher 40 (measured on an idle 2-core box: ~2 min per teacher epoch); gpu: 50 / 100)
 #   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Set EPOCHS / TEACHER_EPOCHS once
 #   before the first row: all rows must share them. The protocol fixes data and image size, not the
 #   device: with a GPU box, PROTOCOL=cpu DEVICE=0 TEACHER_EPOCHS=100 ROW=teacher gives a stronger teacher.
@@ -27,7 +27,8 @@
 #   adding that flag: output KD (--d_weight default) is on in every KD row.
 # Rows, issue 16 (ISSUE=16, default):
 #   teacher | base_s0 base_s1 base_s2 | kd_output_s* | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) |
-#   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST); KD seeds: KD_SEEDS [0 1]
+#   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST) | kd_cwd_w1_s* (--d_feature cwd at gain 1,
+#   the best on the synthetic set); KD seeds: KD_SEEDS [0 1]
 # Rows, issue 14 (ISSUE=14; a fixed half of the train images keeps its labels, split seed 0, by image):
 #   lab_base_s0..2 (labelled half alone) | lab_kd_s* (KD on the labelled half) | lab_unlab_kd_s* (KD on
 #   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
@@ -60,7 +61,7 @@ die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
 case "$PROTOCOL" in
   cpu) TILE=320; TILES="datasets/deeppcb_tiles320"; SUBSET="${SUBSET:-1000}"
        DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots --noval"
-       DEF_EPOCHS=6; DEF_TEACHER_EPOCHS=20 ;;
+       DEF_EPOCHS=6; DEF_TEACHER_EPOCHS=40 ;;
   gpu) TILE=640; TILES="datasets/deeppcb_640"; SUBSET="${SUBSET:-0}"
        DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
        DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
@@ -100,7 +101,7 @@ rows_16() {
   local s m
   echo teacher
   for s in $BASE_SEEDS; do echo "base_s$s"; done
-  for m in output mse cosine cwd kl off_last; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
+  for m in output mse cosine cwd kl off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
 }
 rows_14() {
   local s m
@@ -146,6 +147,8 @@ row_spec() {
       local m="${row#kd_}"; m="${m%_s*}"
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature $m" ;;
     kd_kl_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_kl" ;;
+    kd_cwd_w1_s*)
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature cwd --d_feature_weight 1" ;;
     kd_off_last_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_off_last $OFF_LAST" ;;
     *) die "no spec for row '$row'" ;;
