@@ -6,6 +6,7 @@
 #   PROTOCOL=cpu ROW="base_s0 kd_cwd" bash benchmarks/deeppcb_kd.sh  # rows; kd_cwd = all its seeds
 #   PROTOCOL=gpu ISSUE=14 bash benchmarks/deeppcb_kd.sh       # all issue-14 rows on the GPU
 #   DRY_RUN=1 ... prints the commands only (nothing is trained or written).
+#   COMPARE_ONLY=1 ... writes the tables of the rows finished so far (trains nothing).
 #
 # PROTOCOL
 #   cpu  320 px tiles of the 640 images (scripts/deeppcb_tiles.py -> datasets/deeppcb_tiles320): the
@@ -33,6 +34,7 @@
 #   lab_base_s0..2 (labelled half alone) | lab_kd_s* (KD on the labelled half) | lab_unlab_kd_s* (KD on
 #   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
 #   teacher's boxes at conf >= PSEUDO_CONF as labels, --d_pseudo) | ceiling = the issue-16 base_s* rows.
+#   lab_kd_2x_s* (control: KD on the labelled half for 2 x EPOCHS, the optimizer steps of lab_unlab_*) |
 #   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
 #   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
 #   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
@@ -107,7 +109,7 @@ rows_14() {
   local s m
   [[ "$SSL_TEACHER" == lab ]] && echo teacher_lab
   for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
-  for m in kd unlab_kd unlab_pseudo; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
+  for m in kd unlab_kd unlab_pseudo kd_2x; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
 }
 
 # ROW entries: exact row names, or a row without its _s<k> suffix meaning all of its seeds.
@@ -138,6 +140,7 @@ row_spec() {
     teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
     kd_output_s*|lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
+    lab_kd_2x_s*) echo "$(( 2 * EPOCHS )) train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
     lab_unlab_kd_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED" ;;
     lab_unlab_pseudo_s*)
@@ -236,11 +239,15 @@ compare_runs() {
 
 main() {
   local rows row
-  rows="$(selected_rows)" || exit 2
   echo "DeepPCB protocol $PROTOCOL, issue $ISSUE -> $PROJECT (students $EPOCHS epochs, teacher $TEACHER_EPOCHS)"
-  prepare_data
-  for row in $rows; do run_row "$row"; done
-  [[ -z "${ROW:-}" ]] && compare_runs
+  if [[ "${COMPARE_ONLY:-0}" == 1 ]]; then  # the tables of the rows finished so far; nothing is trained
+    compare_runs
+  else
+    rows="$(selected_rows)" || exit 2
+    prepare_data
+    for row in $rows; do run_row "$row"; done
+    [[ -z "${ROW:-}" ]] && compare_runs
+  fi
   if (( ${#FAILED[@]} )); then echo "Failed: ${FAILED[*]}" >&2; exit 1; fi
 }
 
