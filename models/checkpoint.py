@@ -292,8 +292,9 @@ def _ctrl_c_deferred():
     A KeyboardInterrupt inside torch.save's zip writer surfaces as a RuntimeError from its cleanup
     (the interrupt is lost); a checkpoint write takes well under a second, so it finishes first.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # SIGINT ignored (nohup, background jobs) or handled by the caller: leave it so
         return
     caught = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))

@@ -470,8 +470,17 @@ def test_ctrl_c_during_save_finishes_the_file_then_interrupts(tmp_path, monkeypa
         real_save(obj, f)
     monkeypatch.setattr(ck.torch, "save", save_hit_by_ctrl_c)
     path = tmp_path / "last.pt"
-    with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_yaml": {}, "epoch": 0})
-    assert torch.load(path, weights_only=True)["epoch"] == 0  # complete, not truncated
-    assert not list(tmp_path.glob("*.tmp"))
-    assert signal_module.getsignal(signal_module.SIGINT) is signal_module.default_int_handler
+    before = signal_module.signal(signal_module.SIGINT, signal_module.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ck.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_yaml": {}, "epoch": 0})
+        assert torch.load(path, weights_only=True)["epoch"] == 0  # complete, not truncated
+        assert not list(tmp_path.glob("*.tmp"))
+        assert signal_module.getsignal(signal_module.SIGINT) is signal_module.default_int_handler
+        # a process that ignores SIGINT (nohup, a background job) is not interrupted by the deferral
+        signal_module.signal(signal_module.SIGINT, signal_module.SIG_IGN)
+        ck.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_yaml": {}, "epoch": 1})
+        assert torch.load(path, weights_only=True)["epoch"] == 1
+        assert signal_module.getsignal(signal_module.SIGINT) is signal_module.SIG_IGN
+    finally:
+        signal_module.signal(signal_module.SIGINT, before)

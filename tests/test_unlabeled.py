@@ -1,5 +1,6 @@
 """Unlabeled images in a distillation run (--d_unlabeled, `unlabeled:`, --d_pseudo)."""
 import csv
+import logging
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,13 @@ def pools(tiny_data, tmp_path_factory):
 
 def test_unlabeled_images_are_flagged_and_counted_apart(pools, caplog):
     train_dir, unl = pools
+    logger = logging.getLogger("yolov5")  # the CLIs stop its propagation: listen to it directly
     caplog.set_level("INFO", logger="yolov5")
-    ds = LoadImagesAndLabels(train_dir, 64, 8, augment=True, prefix="train: ", nc=8, unlabeled=unl)
+    logger.addHandler(caplog.handler)
+    try:
+        ds = LoadImagesAndLabels(train_dir, 64, 8, augment=True, prefix="train: ", nc=8, unlabeled=unl)
+    finally:
+        logger.removeHandler(caplog.handler)
     n_unl = len(list(Path(unl).iterdir()))
     assert ds.n_unlabeled == n_unl and ds.n == 16 + n_unl
     assert all(len(ds.labels[i]) == 0 for i in np.flatnonzero(ds.is_unlabeled))
