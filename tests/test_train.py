@@ -274,8 +274,10 @@ def test_autoanchor_keeps_pretrained_anchors(capsys):
 
 def test_ctrl_c_prints_the_resume_command(tiny_data, tmp_path):
     args = tiny_train_args(tiny_data, tmp_path, "exp", epochs=50, extra=["--noval"])
+    # the child gets Ctrl-C as in a terminal even when this run ignores SIGINT (nohup, background jobs)
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "exp" / "weights" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
