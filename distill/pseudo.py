@@ -5,15 +5,9 @@ detection loss on unlabeled images too, with the teacher's boxes above CONF (aft
 """
 import torch
 
-from utils.boxes import non_max_suppression
+from utils.boxes import non_max_suppression, xyxy2xywhn
 
 PSEUDO_IOU = 0.45  # NMS IoU of the pseudo-labels (detect.py's default)
-
-
-@torch.no_grad()
-def decode_levels(head, levels):
-    """Raw Detect levels [B, na, ny, nx, no] -> [B, N, no]: xywh in pixels, sigmoid scores."""
-    return torch.cat([head._decode(p.float(), i) for i, p in enumerate(levels)], 1)
 
 
 @torch.no_grad()
@@ -26,17 +20,14 @@ def pseudo_targets(head, levels, image_ids, img_hw, conf_thres, iou_thres=PSEUDO
     device = levels[0].device
     if not len(image_ids):
         return torch.zeros((0, 6), device=device)
-    decoded = decode_levels(head, [p[image_ids] for p in levels])
+    decoded = head.decode([p[image_ids].float() for p in levels])  # a half teacher decodes in float
     detections = non_max_suppression(decoded, conf_thres, iou_thres)
     h, w = img_hw
-    scale = torch.tensor([w, h, w, h], device=device, dtype=torch.float32)
     rows = []
     for image, det in zip(image_ids.tolist(), detections):
         if not len(det):
             continue
-        xyxy = det[:, :4].clamp(min=0) / scale
-        xyxy = torch.minimum(xyxy, torch.ones_like(xyxy))
-        xywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1)
+        xywh = xyxy2xywhn(det[:, :4], w=w, h=h, clip=True)
         keep = (xywh[:, 2:] > 0).all(1)
         n = int(keep.sum())
         rows.append(torch.cat((torch.full((n, 1), float(image), device=device), det[keep, 5:6], xywh[keep]), 1))

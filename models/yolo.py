@@ -44,18 +44,19 @@ class Detect(nn.Module):
         self._grids = {}
 
     def forward(self, x):
-        raw, decoded = [], []
+        raw = []
         for i in range(self.nl):
             p = self.m[i](x[i])
             bs, _, ny, nx = p.shape
-            p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            raw.append(p)
-            if not self.training:
-                decoded.append(self._decode(p, i))
+            raw.append(p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
         if self.training:
             return raw
-        y = torch.cat(decoded, 1)
+        y = self.decode(raw)
         return y if self.export else (y, raw)
+
+    def decode(self, raw):
+        """Raw levels [B, na, ny, nx, no] -> [B, N, no]: xywh in pixels, sigmoid scores."""
+        return torch.cat([self._decode(p, i) for i, p in enumerate(raw)], 1)
 
     def _decode(self, p, i):
         """v6/v7 decoding: xy = (2*sig - 0.5 + cell) * stride, wh = (2*sig)^2 * anchor."""

@@ -221,6 +221,9 @@ class LoadImagesAndLabels(Dataset):
         self.batch_shapes = None
         if self.rect:
             self._sort_for_rect(batch_size, pad)
+        # mosaic partners of an image come from its own pool (labelled / unlabeled); None: one pool
+        self._pools = {flag: np.flatnonzero(self.is_unlabeled == flag) for flag in (False, True)} \
+            if self.is_unlabeled.any() else None
         self.ims, self.im_hw0, self.im_hw = [None] * self.n, [None] * self.n, [None] * self.n
         self.npy_files = [None] * self.n
         if cache_images:
@@ -425,9 +428,7 @@ class LoadImagesAndLabels(Dataset):
 
     def _random_index(self, rng, like=None):
         """A random usable image; with `like`, one of the same pool (labelled or unlabeled) as it."""
-        pool = None
-        if like is not None and self.is_unlabeled.any():
-            pool = np.flatnonzero(self.is_unlabeled == self.is_unlabeled[like])
+        pool = self._pools[bool(self.is_unlabeled[like])] if like is not None and self._pools else None
         for _ in range(MAX_LOAD_RETRIES):
             i = int(rng.integers(self.n)) if pool is None else int(pool[rng.integers(len(pool))])
             if i not in self._bad:
