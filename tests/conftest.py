@@ -1,4 +1,5 @@
 """Shared pytest setup: run the project from its root, like a YOLOv5 user does."""
+import logging
 import sys
 from pathlib import Path
 
@@ -8,6 +9,17 @@ if str(ROOT) not in sys.path:
 
 import pytest
 import yaml
+
+@pytest.fixture(autouse=True)
+def _restore_project_logger():
+    """Tests that run a CLI in-process make the 'yolov5' logger stop propagating (setup_cli_logging);
+    put it back so later tests can read its records with caplog, whatever the order tests run in."""
+    logger = logging.getLogger("yolov5")
+    propagate, handlers, level = logger.propagate, list(logger.handlers), logger.level
+    yield
+    logger.propagate, logger.handlers[:] = propagate, handlers
+    logger.setLevel(level)
+
 
 TINY_SYNTHETIC = {"n_train": 16, "n_val": 8, "imgsz": 64, "seed": 0, "max_objects": 4}
 
