@@ -11,14 +11,20 @@ import pytest
 import yaml
 
 @pytest.fixture(autouse=True)
-def _restore_project_logger():
-    """Tests that run a CLI in-process make the 'yolov5' logger stop propagating (setup_cli_logging);
-    put it back so later tests can read its records with caplog, whatever the order tests run in."""
+def _pristine_project_logger():
+    """Give every test the 'yolov5' logger as a fresh process has it. In-process CLI runs (also inside
+    module- or session-scoped fixtures, which run before any function fixture) attach a stdout handler
+    and stop propagation (setup_cli_logging), which would hide later records from caplog."""
     logger = logging.getLogger("yolov5")
-    propagate, handlers, level = logger.propagate, list(logger.handlers), logger.level
+
+    def reset():
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+    reset()
     yield
-    logger.propagate, logger.handlers[:] = propagate, handlers
-    logger.setLevel(level)
+    reset()
 
 
 TINY_SYNTHETIC = {"n_train": 16, "n_val": 8, "imgsz": 64, "seed": 0, "max_objects": 4}
