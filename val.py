@@ -50,7 +50,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     device = select_device(device, batch_size=batch_size)
     half &= device.type == "cuda"  # fp16 only pays (and is only supported well) on CUDA
     if not isinstance(data, dict):
-        from utils.datasets import check_dataset
+        from utils.dataset_yaml import check_dataset
         data = check_dataset(data)
     model, meta, weights = _load_model(weights, device, half)
     stride = int(model.stride.max())

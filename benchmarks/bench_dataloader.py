@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from utils.datasets import check_dataset, create_dataloader  # noqa: E402
+from utils.dataset_yaml import check_dataset  # noqa: E402
+from utils.datasets import create_dataloader  # noqa: E402
 
 SHARED_COCO128 = ROOT.parent / 'shared' / 'datasets' / 'coco128' / 'coco128.yaml'
 

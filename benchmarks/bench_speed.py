@@ -37,7 +37,7 @@ from bench_dataloader import default_data, measure  # noqa: E402
 from distill.distiller import build_distiller  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.yolo import Model, model_summary  # noqa: E402
-from utils.datasets import check_dataset  # noqa: E402
+from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.torch_utils import (ModelEMA, autocast_dtype, init_seeds, select_device, smart_optimizer,  # noqa: E402
                                to_channels_last)

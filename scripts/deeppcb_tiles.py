@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.datasets import check_dataset  # noqa: E402
+from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.label_cache import DatasetError, img2label_paths, list_image_files, read_labels  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / 'shared' / 'datasets' / 'deeppcb' / 'deeppcb.yaml'

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import utils.label_cache as label_cache
-from utils.datasets import DistributedKeySampler, LoadImagesAndLabels, check_dataset, create_dataloader
+from utils.dataset_yaml import check_dataset
+from utils.datasets import DistributedKeySampler, LoadImagesAndLabels, create_dataloader
 from utils.label_cache import DatasetError
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'

@@ -3,7 +3,6 @@
 Read with ast, so imports nested inside functions (lazy imports) count as much as top-level ones.
 """
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

@@ -71,7 +71,7 @@ def test_finished_runs_are_skipped(tmp_path, teacher):
     (partial / 'weights').mkdir()
     (partial / 'weights' / 'last.pt').write_bytes(b'')
     r = sweep(tmp_path, DRY_RUN=1, TEACHERS=teacher, METHODS='output', DWEIGHTS='1', EPOCHS=2)
-    assert f'--resume sweep/yolov5n_baseline_seed0/weights/last.pt' in r.stdout.replace(str(tmp_path) + '/', '')
+    assert '--resume sweep/yolov5n_baseline_seed0/weights/last.pt' in r.stdout.replace(str(tmp_path) + '/', '')
 
 
 @pytest.mark.parametrize('env, match', [

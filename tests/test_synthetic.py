@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.datasets import check_dataset, create_dataloader
+from utils.dataset_yaml import check_dataset
+from utils.datasets import create_dataloader
 from utils.label_cache import DatasetError, read_labels
 from utils.synthetic import CLASS_NAMES, ensure_synthetic, generate
 

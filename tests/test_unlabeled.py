@@ -15,7 +15,8 @@ import train_distillation
 from conftest import tiny_train_args
 from distill.pseudo import pseudo_targets
 from models.yolo import Model
-from utils.datasets import LoadImagesAndLabels, check_dataset
+from utils.dataset_yaml import check_dataset
+from utils.datasets import LoadImagesAndLabels
 from utils.label_cache import DatasetError
 from utils.loss import ComputeLoss
 

@@ -1,6 +1,5 @@
 """val.py: reproduces the original YOLOv5 metrics on real data, and its CLI outputs on the tiny set."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -87,7 +86,7 @@ def test_class_count_mismatch_is_refused(tiny_data, tmp_path):
 # ----------------------------------------------------------------------------- evaluate() as a library
 @pytest.fixture(scope="module")
 def tiny_loader(tiny_data):
-    from utils.datasets import check_dataset
+    from utils.dataset_yaml import check_dataset
     from utils.evaluate import build_loader
     return build_loader(check_dataset(str(tiny_data)), "val", imgsz=64, batch_size=4, stride=32, workers=0)
 

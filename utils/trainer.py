@@ -24,7 +24,8 @@ from models.checkpoint import (build_from_checkpoint, load_checkpoint, load_mode
 from models.yolo import Model, model_summary
 from utils.autoanchor import check_anchors
 from utils.cli import UserError
-from utils.datasets import check_dataset, create_dataloader
+from utils.dataset_yaml import check_dataset
+from utils.datasets import create_dataloader
 from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
