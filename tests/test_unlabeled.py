@@ -132,6 +132,34 @@ def test_pseudo_targets_are_the_teachers_detections_in_label_units():
     assert torch.allclose(x1, expected[:, 0].clamp(min=0), atol=1e-3)
 
 
+def test_pseudo_labels_of_several_teachers_come_from_their_averaged_outputs():
+    """--d_pseudo with two teachers: one set of boxes per unlabeled image, from both teachers' mean output
+    (the same mean the output term distils toward), never boxes for labelled images."""
+    from distill.distiller import Distiller
+    torch.manual_seed(0)
+    student, t1, t2 = (Model("yolov5n.yaml", nc=3).eval() for _ in range(3))
+    imgs = torch.rand(3, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.2]])
+    labelled = torch.tensor([True, False, False])
+
+    def labels_from(teachers, conf):
+        d = Distiller(student, teachers, pseudo_conf=conf)
+        new_targets, now_labelled = d.label_batch(imgs, targets, labelled)
+        assert now_labelled.all() and torch.equal(new_targets[:1], targets)
+        return new_targets[1:]
+
+    with torch.no_grad():
+        raw = [Model.forward(t, imgs)[1] for t in (t1, t2)]
+    mean = [(a + b) / 2 for a, b in zip(*raw)]
+    decoded = t1.model[-1].decode(mean)
+    conf = float((decoded[1:, :, 4:5] * decoded[1:, :, 5:]).max()) * 0.5  # some boxes pass
+    both = labels_from([t1, t2], conf)
+    assert len(both) > 0 and set(both[:, 0].tolist()) <= {1.0, 2.0}
+    assert torch.allclose(both, pseudo_targets(t1.model[-1], mean, torch.tensor([1, 2]), (64, 64), conf))
+    assert torch.equal(labels_from([t1, t1], conf), labels_from([t1], conf))  # a repeated teacher changes nothing
+    assert not torch.equal(both, labels_from([t1], conf))  # and the second teacher is not ignored
+
+
 def read_rows(csv_path):
     with open(csv_path, newline="") as f:
         return list(csv.DictReader(f))
