@@ -5,6 +5,7 @@ Usage:
     python compare.py runs/sweep_demo --plot sweep.png  # a sweep folder (runs found recursively)
     python compare.py runs/train/exp* --csv table.csv --metric mAP_0.5
     python compare.py runs/sweep_demo --teacher-map 0.412 --noise 0.01
+    python compare.py runs/deeppcb_cpu --seeds          # + mean and spread of runs differing only in seed
 Each run folder needs results.csv and opt.yaml (as train.py / train_distillation.py write them);
 params and GFLOPs come from weights/best.pt (or last.pt) when present.
 
@@ -19,6 +20,7 @@ import argparse
 import csv
 import glob
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -126,6 +128,8 @@ def method_label(opt):
     if opt.get('d_feature'):
         parts.append(f"feature:{opt['d_feature']}" + ('+std' if opt.get('d_standardize') else ''))
     label = '+'.join(parts) or 'none'
+    if opt.get('d_unlabeled'):
+        label += ' +unlabeled' + (f" +pseudo {opt['d_pseudo']}" if opt.get('d_pseudo') is not None else '')
     return label + (f" (off last {opt['d_off_last']})" if opt.get('d_off_last') else '')
 
 
@@ -253,6 +257,62 @@ def build_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, baseli
     return rows, notes
 
 
+# ----------------------------------------------------------------------------- seeds
+SEED_SUFFIX = re.compile(r'_(s|seed)\d+$')
+
+
+def seed_groups(runs):
+    """Runs that differ only in their seed: same data, student, epochs, size, teachers, method, gains."""
+    groups = {}
+    for run in runs:
+        opt = run['opt']
+        key = (str(match_key(opt)), teacher_label(opt), method_label(opt), gains_label(opt))
+        groups.setdefault(key, []).append(run)
+    return sorted(groups.values(), key=lambda g: (str(match_key(g[0]['opt'])), is_distilled(g[0]), g[0]['name']))
+
+
+def mean_and_spread(values):
+    values = [v for v in values if v is not None]
+    return (sum(values) / len(values), max(values) - min(values)) if values else (None, None)
+
+
+def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, baseline=None):
+    """One dict per seed group: mean and spread (max - min) of each metric; for distilled groups the
+    group mean vs the baselines' mean, judged against the noise band as single runs are."""
+    explicit = resolve_baselines(baseline, runs)
+    rows = []
+    for group in seed_groups(runs):
+        first = group[0]
+        row = {'group': ','.join(sorted({SEED_SUFFIX.sub('', r['name']) for r in group})),
+               'seeds': len(group), 'method': method_label(first['opt']), 'weights': gains_label(first['opt']),
+               'vs baseline': 'baseline', 'gap recovered': None, 'delta': None}
+        for m in ('mAP_0.5', 'mAP_0.5:0.95'):
+            row[m] = mean_and_spread([best_value(r, m) for r in group])
+        if is_distilled(first):
+            bases = [v for v in (best_value(b, metric) for b in baseline_runs(first, runs, explicit)) if v is not None]
+            kd = row[metric][0]
+            if kd is None or not bases:
+                row['vs baseline'] = 'no baseline'
+            else:
+                base = sum(bases) / len(bases)
+                row['delta'] = kd - base
+                row['vs baseline'] = verdict(row['delta'], group_noise(bases, noise)[0])
+                teacher = teacher_metric(first, runs, metric, teacher_map)
+                row['gap recovered'] = row['delta'] / (teacher - base) if teacher is not None and teacher > base else None
+        rows.append(row)
+    return rows
+
+
+def groups_to_markdown(rows):
+    def cell(pair):
+        mean, spread = pair
+        return 'n/a' if mean is None else f'{mean:.3f} ± {spread:.3f}' if spread else f'{mean:.3f}'
+    header = ['group', 'seeds', 'method', 'weights', 'mAP@0.5', 'mAP@0.5:0.95', 'vs baseline', 'gap recovered']
+    cells = [[r['group'], str(r['seeds']), r['method'], r['weights'], cell(r['mAP_0.5']), cell(r['mAP_0.5:0.95']),
+              r['vs baseline'], '-' if r['gap recovered'] is None else f"{r['gap recovered']:+.0%}"] for r in rows]
+    return table_text(header, cells)
+
+
 def resolve_baselines(baseline, runs):
     """--baseline RUN...: runs of the set (by name or path) or extra run folders."""
     if not baseline:
@@ -292,12 +352,16 @@ def format_row(row):
             'GFLOPs': num(row['GFLOPs'], '.3g'), 'gap recovered': '-' if gap is None else f'{gap:+.0%}'}
 
 
-def to_markdown(rows):
-    cells = [[str(format_row(r)[c]) for c in COLUMNS] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
+def table_text(header, cells):
+    """A Markdown table with aligned columns."""
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(header)]
     line = lambda vals: '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'  # noqa: E731
     sep = '|' + '|'.join('-' * (w + 2) for w in widths) + '|'
-    return '\n'.join([line(COLUMNS), sep] + [line(c) for c in cells])
+    return '\n'.join([line(header), sep] + [line(c) for c in cells])
+
+
+def to_markdown(rows):
+    return table_text(COLUMNS, [[str(format_row(r)[c]) for c in COLUMNS] for r in rows])
 
 
 def write_csv(rows, file):
@@ -334,7 +398,7 @@ def plot_curves(runs, metric, file):
 
 # ----------------------------------------------------------------------------- CLI
 def run(runs=(), csv_file=None, md=None, plot=None, metric='mAP_0.5:0.95', baseline=None, noise=None,
-        teacher_map=None, costs=True):
+        teacher_map=None, costs=True, seeds=False):
     """Print the table; optionally write CSV / Markdown / plot. Returns the table rows."""
     if noise is not None and noise < 0:
         raise ValueError(f'--noise must be >= 0, got {noise}')
@@ -346,6 +410,11 @@ def run(runs=(), csv_file=None, md=None, plot=None, metric='mAP_0.5:0.95', basel
     print(table)
     if notes:
         print(f'\nvs baseline / gap recovered use best {metric}:\n' + '\n'.join(f'  {n}' for n in notes))
+    if seeds:
+        group_table = groups_to_markdown(build_group_rows(loaded, metric, noise, teacher_map, baseline))
+        print(f'\nSeed groups (mean ± spread = max - min of the best values; vs baseline on {metric}):\n'
+              + group_table)
+        table += '\n\n' + group_table
     if md:
         Path(md).write_text(table + '\n')
     if csv_file:
@@ -367,6 +436,8 @@ def parse_opt(argv=None):
     p.add_argument('--baseline', nargs='+', help='baseline run(s) for every distilled run (default: matched)')
     p.add_argument('--noise', type=float, help=f'noise band (default: baselines spread, else {DEFAULT_NOISE})')
     p.add_argument('--teacher-map', type=float, help="the teacher's metric, when its run is not in the set")
+    p.add_argument('--seeds', action='store_true',
+                   help='also one row per group of runs that differ only in seed: mean and spread')
     p.add_argument('--no-costs', dest='costs', action='store_false', help='skip params/GFLOPs (no checkpoint reads)')
     return p.parse_args(argv)
 

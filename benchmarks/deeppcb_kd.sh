@@ -232,7 +232,7 @@ compare_runs() {
   for metric in mAP_0.5:0.95 mAP_0.5; do
     tm="" tag="${metric//[.:]/}"  # mAP_0595, mAP_05
     [[ -f "$json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('$json'))['$metric'])")"
-    run "$PYTHON compare.py $runs --metric $metric $tm --md $PROJECT/compare_$tag.md --csv $PROJECT/compare_$tag.csv" \
+    run "$PYTHON compare.py $runs --seeds --metric $metric $tm --md $PROJECT/compare_$tag.md --csv $PROJECT/compare_$tag.csv" \
       || FAILED+=("compare $metric")
   done
 }

@@ -145,3 +145,23 @@ def test_cli(runs):
     assert 'LOST -0.050' in ok.stdout  # kd_lost at mAP@0.5: 0.36 vs mean 0.41, noise 0.02
     bad = subprocess.run([sys.executable, 'compare.py', str(runs / 'nope')], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and 'no such run folder' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, capsys):
+    teacher_pt = str(runs / 'teacher' / 'weights' / 'best.pt')
+    t = {'t_weights': [teacher_pt], 'd_output': True, 'd_weight': 10.0}
+    make_run(runs, 'kd_good_s1', 0.265, {**t, 'seed': 1})
+    make_run(runs, 'kd_unl_s0', 0.230, {**t, 'd_unlabeled': ['u/'], 'd_pseudo': 0.5})
+    md = tmp_path / 'table.md'
+    compare.run([runs], costs=False, seeds=True, md=md)
+    groups = {r['group']: r for r in compare.build_group_rows(compare.load_runs(compare.find_runs([runs])))}
+    assert groups['base']['seeds'] == 2 and groups['base']['mAP_0.5:0.95'] == pytest.approx((0.205, 0.010))
+    good = groups['kd_good']  # kd_good (seed 0) and kd_good_s1: mean 0.260 vs baselines' 0.205, noise 0.010
+    assert good['seeds'] == 2 and good['mAP_0.5:0.95'] == pytest.approx((0.260, 0.010))
+    assert good['delta'] == pytest.approx(0.055) and good['vs baseline'] == '+0.055'
+    assert good['gap recovered'] == pytest.approx(0.055 / 0.100)
+    assert groups['kd_noise']['vs baseline'].startswith('within noise')
+    assert groups['kd_unl']['method'] == 'output +unlabeled +pseudo 0.5'
+    out = capsys.readouterr().out
+    assert 'Seed groups' in out and '| kd_good ' in out and '0.260 ± 0.010' in out
+    assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
