@@ -15,8 +15,9 @@
 #        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
 #   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
 #   Schedules (cpu: students 6 epochs, teacher 40 (measured on an idle 2-core box: ~2 min per teacher epoch); gpu: 50 / 100)
-#   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Set EPOCHS / TEACHER_EPOCHS once
-#   before the first row: all rows must share them. The protocol fixes data and image size, not the
+#   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Rows of one EPOCHS share a folder
+#   (runs/deeppcb_<PROTOCOL>_e<EPOCHS>), so schedules never mix; the teacher row is skipped while its
+#   weights file exists (committed for cpu). The protocol fixes data and image size, not the
 #   device: with a GPU box, PROTOCOL=cpu DEVICE=0 TEACHER_EPOCHS=100 ROW=teacher gives a stronger teacher.
 # Students: yolov5n from the official COCO checkpoint ../shared/weights/yolov5n.pt (pretrained, as
 #   users start), the same for every row. Teacher: yolov5s from scratch (no yolov5s.pt offline),
@@ -38,7 +39,7 @@
 #   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
 #   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
 #   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
-# Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
+# Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>_e<EPOCHS>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
 #   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
 # A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
 set -u -o pipefail
@@ -82,7 +83,7 @@ IMGSZ="${IMGSZ:-$DEF_IMGSZ}"; BATCH="${BATCH:-$DEF_BATCH}"; WORKERS="${WORKERS:-
 DEVICE="${DEVICE:-$DEF_DEVICE}"; EXTRA="${EXTRA-$DEF_EXTRA}"  # EXTRA="" drops the defaults
 EPOCHS="${EPOCHS:-$DEF_EPOCHS}"; TEACHER_EPOCHS="${TEACHER_EPOCHS:-$DEF_TEACHER_EPOCHS}"
 OFF_LAST="${OFF_LAST:-$(( EPOCHS / 10 > 1 ? EPOCHS / 10 : 1 ))}"
-PROJECT16="runs/deeppcb_$PROTOCOL"
+PROJECT16="runs/deeppcb_${PROTOCOL}_e$EPOCHS"  # one folder per schedule: rows of different epochs never mix
 case "$ISSUE" in
   16) PROJECT="${PROJECT:-$PROJECT16}" ;;
   14) PROJECT="${PROJECT:-${PROJECT16}_ssl}" ;;
@@ -198,6 +199,11 @@ run_row() {
   spec="$(row_spec "$row")" || exit 2
   read -r epochs script flags <<< "$spec"
   dir="$PROJECT/$row"
+  local weights=""
+  case "$row" in teacher) weights="$TEACHER" ;; teacher_lab) weights="$TEACHER_LAB" ;; esac
+  if [[ -n "$weights" && -f "$weights" ]]; then  # trained once, reused by every schedule and session
+    echo "== $row: $weights exists, skipping (delete it to train the teacher again)"; return 0
+  fi
   done="$(epochs_done "$dir")"
   if (( done >= epochs )); then echo "== $row: done ($done epochs), skipping"; return 0; fi
   if [[ "$script" == train_distillation.py ]]; then

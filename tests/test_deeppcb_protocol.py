@@ -111,6 +111,7 @@ def test_labelled_split_is_fixed_by_source_image_and_hides_labels(tmp_path):
 def run_script(tmp_path, **env):
     full = {**os.environ, 'DRY_RUN': '1', 'SHARED': str(tmp_path / 'shared'),
             'PROJECT': str(tmp_path / 'runs'), **env}
+    full = {k: v for k, v in full.items() if v is not None}  # None: leave the variable unset
     return subprocess.run(['bash', str(SCRIPT)], env=full, capture_output=True, text=True, cwd=tmp_path)
 
 
@@ -123,7 +124,7 @@ def planned(stdout):
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
-    r = run_script(tmp_path, EPOCHS='30')  # OFF_LAST defaults to EPOCHS / 10
+    r = run_script(tmp_path, EPOCHS='30', TEACHER='t.pt')  # OFF_LAST defaults to EPOCHS / 10; no teacher yet
     assert r.returncode == 0, r.stderr
     rows = planned(r.stdout)
     kd = [f'kd_{m}_s{s}' for m in ('output', 'mse', 'cosine', 'cwd', 'kl', 'off_last', 'cwd_w1')
@@ -138,6 +139,9 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
     assert r.stdout.count('compare.py') == 2
     assert not (tmp_path / 'runs').exists()
+    default = run_script(tmp_path, PROJECT=None, EPOCHS='12', ROW='teacher base_s0').stdout
+    assert '--project runs/deeppcb_cpu_e12 ' in planned(default)['base_s0']  # one folder per schedule
+    assert '== teacher: weights/deeppcb_teacher_yolov5s_cpu.pt exists, skipping' in default  # the committed one
 
     gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
     assert list(gpu) == ['lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1', 'lab_unlab_kd_s0',
