@@ -139,8 +139,8 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
     assert r.stdout.count('compare.py') == 2
     assert not (tmp_path / 'runs').exists()
-    default = run_script(tmp_path, PROJECT=None, EPOCHS='12', ROW='teacher base_s0').stdout
-    assert '--project runs/deeppcb_cpu_e12 ' in planned(default)['base_s0']  # one folder per schedule
+    default = run_script(tmp_path, PROJECT=None, EPOCHS='97', ROW='teacher base_s0').stdout  # no such runs here
+    assert '--project runs/deeppcb_cpu_e97 ' in planned(default)['base_s0']  # one folder per schedule
     assert '== teacher: weights/deeppcb_teacher_yolov5s_cpu.pt exists, skipping' in default  # the committed one
 
     gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
