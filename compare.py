@@ -285,11 +285,13 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
         first = group[0]
         row = {'group': ','.join(sorted({SEED_SUFFIX.sub('', r['name']) for r in group})),
                'seeds': len(group), 'method': method_label(first['opt']), 'weights': gains_label(first['opt']),
-               'vs baseline': 'baseline', 'gap recovered': None, 'delta': None}
+               'vs baseline': 'baseline', 'gap recovered': None, 'delta': None, 'paired': []}
         for m in ('mAP_0.5', 'mAP_0.5:0.95'):
             row[m] = mean_and_spread([best_value(r, m) for r in group])
         if is_distilled(first):
-            bases = [v for v in (best_value(b, metric) for b in baseline_runs(first, runs, explicit)) if v is not None]
+            base_runs = baseline_runs(first, runs, explicit)
+            row['paired'] = paired_deltas(group, base_runs, metric)
+            bases = [v for v in (best_value(b, metric) for b in base_runs) if v is not None]
             kd = row[metric][0]
             if kd is None or not bases:
                 row['vs baseline'] = 'no baseline'
@@ -303,13 +305,33 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
     return rows
 
 
+def paired_deltas(group, base_runs, metric):
+    """Run minus the baseline of the same seed (same batches and head init), for every seed both have:
+    a paired view that the seed-to-seed spread of the baselines does not blur."""
+    base_by_seed = {b['opt'].get('seed', 0): best_value(b, metric) for b in base_runs}
+    deltas = []
+    for run in group:
+        base, value = base_by_seed.get(run['opt'].get('seed', 0)), best_value(run, metric)
+        if base is not None and value is not None:
+            deltas.append(value - base)
+    return deltas
+
+
+def paired_text(deltas):
+    if not deltas:
+        return '-'
+    return f'{sum(deltas) / len(deltas):+.3f} ({sum(d > 0 for d in deltas)} of {len(deltas)} > 0)'
+
+
 def groups_to_markdown(rows):
     def cell(pair):
         mean, spread = pair
         return 'n/a' if mean is None else f'{mean:.3f} ± {spread:.3f}' if spread else f'{mean:.3f}'
-    header = ['group', 'seeds', 'method', 'weights', 'mAP@0.5', 'mAP@0.5:0.95', 'vs baseline', 'gap recovered']
+    header = ['group', 'seeds', 'method', 'weights', 'mAP@0.5', 'mAP@0.5:0.95', 'vs baseline', 'gap recovered',
+              'paired vs baseline']
     cells = [[r['group'], str(r['seeds']), r['method'], r['weights'], cell(r['mAP_0.5']), cell(r['mAP_0.5:0.95']),
-              r['vs baseline'], '-' if r['gap recovered'] is None else f"{r['gap recovered']:+.0%}"] for r in rows]
+              r['vs baseline'], '-' if r['gap recovered'] is None else f"{r['gap recovered']:+.0%}",
+              paired_text(r['paired'])] for r in rows]
     return table_text(header, cells)
 
 
@@ -437,7 +459,8 @@ def parse_opt(argv=None):
     p.add_argument('--noise', type=float, help=f'noise band (default: baselines spread, else {DEFAULT_NOISE})')
     p.add_argument('--teacher-map', type=float, help="the teacher's metric, when its run is not in the set")
     p.add_argument('--seeds', action='store_true',
-                   help='also one row per group of runs that differ only in seed: mean and spread')
+                   help='also one row per group of runs that differ only in seed: mean and spread, and '
+                        'the mean difference to the baseline of the same seed')
     p.add_argument('--no-costs', dest='costs', action='store_false', help='skip params/GFLOPs (no checkpoint reads)')
     return p.parse_args(argv)
 

@@ -162,6 +162,9 @@ def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, 
     assert good['gap recovered'] == pytest.approx(0.055 / 0.100)
     assert groups['kd_noise']['vs baseline'].startswith('within noise')
     assert groups['kd_unl']['method'] == 'output +unlabeled +pseudo 0.5'
+    # paired by seed: kd_good (no seed key: 0) - base_s0 = 0.055, kd_good_s1 - base_s1 = 0.055
+    assert good['paired'] == pytest.approx([0.055, 0.055])
+    assert compare.paired_text(good['paired']) == '+0.055 (2 of 2 > 0)' and compare.paired_text([]) == '-'
     out = capsys.readouterr().out
     assert 'Seed groups' in out and '| kd_good ' in out and '0.260 ± 0.010' in out
     assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
