@@ -218,9 +218,10 @@ def baseline_runs(run, runs, explicit):
     return [r for r in runs if not is_distilled(r) and r['opt'] and match_key(r['opt']) == key]
 
 
-def compare_with_baseline(run, runs, metric, noise, teacher_map, explicit):
-    """(delta, verdict text, gap recovered or None, noise note) for one distilled run."""
-    kd = best_value(run, metric)
+def compare_with_baseline(run, runs, metric, noise, teacher_map, explicit, kd=None):
+    """(delta, verdict text, gap recovered or None, noise note) for one distilled run, or for the value
+    `kd` standing for `run` (a seed group's mean)."""
+    kd = best_value(run, metric) if kd is None else kd
     bases = [v for v in (best_value(b, metric) for b in baseline_runs(run, runs, explicit)) if v is not None]
     if kd is None or not bases:
         return None, 'no baseline', None, None
@@ -289,18 +290,13 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
         for m in ('mAP_0.5', 'mAP_0.5:0.95'):
             row[m] = mean_and_spread([best_value(r, m) for r in group])
         if is_distilled(first):
-            base_runs = baseline_runs(first, runs, explicit)
-            row['paired'] = paired_deltas(group, base_runs, metric)
-            bases = [v for v in (best_value(b, metric) for b in base_runs) if v is not None]
-            kd = row[metric][0]
-            if kd is None or not bases:
-                row['vs baseline'] = 'no baseline'
+            row['paired'] = paired_deltas(group, baseline_runs(first, runs, explicit), metric)
+            kd = mean_and_spread([best_value(r, metric) for r in group])[0]  # --metric may be any column
+            if kd is not None:
+                row['delta'], row['vs baseline'], row['gap recovered'], _ = compare_with_baseline(
+                    first, runs, metric, noise, teacher_map, explicit, kd=kd)
             else:
-                base = sum(bases) / len(bases)
-                row['delta'] = kd - base
-                row['vs baseline'] = verdict(row['delta'], group_noise(bases, noise)[0])
-                teacher = teacher_metric(first, runs, metric, teacher_map)
-                row['gap recovered'] = row['delta'] / (teacher - base) if teacher is not None and teacher > base else None
+                row['vs baseline'] = 'no baseline'
         rows.append(row)
     return rows
 

@@ -165,6 +165,11 @@ def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, 
     # paired by seed: kd_good (no seed key: 0) - base_s0 = 0.055, kd_good_s1 - base_s1 = 0.055
     assert good['paired'] == pytest.approx([0.055, 0.055])
     assert compare.paired_text(good['paired']) == '+0.055 (2 of 2 > 0)' and compare.paired_text([]) == '-'
+    at_05 = {r['group']: r for r in compare.build_group_rows(compare.load_runs(compare.find_runs([runs])), 'mAP_0.5')}
+    assert at_05['kd_good']['delta'] == pytest.approx(0.110)  # any --metric, not only the two in the table
+    loaded = compare.load_runs(compare.find_runs([runs]))
+    by_loss = {r['group']: r for r in compare.build_group_rows(loaded, 'train/box_loss')}
+    assert by_loss['kd_good']['delta'] == pytest.approx(0.0)  # a column outside the table (was a KeyError)
     out = capsys.readouterr().out
     assert 'Seed groups' in out and '| kd_good ' in out and '0.260 ± 0.010' in out
     assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
