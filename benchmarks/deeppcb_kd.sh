@@ -31,7 +31,8 @@
 # Rows, issue 16 (ISSUE=16, default):
 #   teacher | base_s0 base_s1 base_s2 | kd_output_s* | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) |
 #   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST) | kd_cwd_w1_s* (--d_feature cwd at gain 1,
-#   the best on the synthetic set); KD seeds: KD_SEEDS [0 1]
+#   the best on the synthetic set) | kd_w<W>_s* (output KD at --d_weight W, for W in D_WEIGHTS [2]: at the
+#   default 0.5 the output term is only ~5 % of the detection loss on these tiles); KD seeds: KD_SEEDS [0 1]
 # Rows, issue 14 (ISSUE=14; a fixed half of the train images keeps its labels, split seed 0, by image):
 #   lab_base_s0..2 (labelled half alone) | lab_kd_s* (KD on the labelled half) | lab_unlab_kd_s* (KD on
 #   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
@@ -55,6 +56,7 @@ SHARED="${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd || echo "$ROOT/share
 STUDENT="${STUDENT:-$SHARED/weights/yolov5n.pt}"
 KD_SEEDS="${KD_SEEDS:-0 1}"
 BASE_SEEDS="${BASE_SEEDS:-0 1 2}"
+D_WEIGHTS="${D_WEIGHTS:-2}"
 PSEUDO_CONF="${PSEUDO_CONF:-0.5}"
 SSL_TEACHER="${SSL_TEACHER:-full}"
 FAILED=()
@@ -97,6 +99,7 @@ case "$SSL_TEACHER" in
   *) die "SSL_TEACHER must be full or lab, got '$SSL_TEACHER'" ;;
 esac
 UNLABELLED="$TILES/images/unlabelled_$SPLIT"
+for w in $D_WEIGHTS; do [[ "$w" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "D_WEIGHTS must hold numbers, got '$w'"; done
 for v in EPOCHS TEACHER_EPOCHS IMGSZ BATCH WORKERS OFF_LAST; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || die "$v must be a positive integer, got '${!v}'"
 done
@@ -106,6 +109,7 @@ rows_16() {
   echo teacher
   for s in $BASE_SEEDS; do echo "base_s$s"; done
   for m in output mse cosine cwd kl off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
+  for m in $D_WEIGHTS; do for s in $KD_SEEDS; do echo "kd_w${m}_s$s"; done; done
 }
 rows_14() {
   local s m
@@ -154,6 +158,9 @@ row_spec() {
     kd_kl_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_kl" ;;
     kd_cwd_w1_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature cwd --d_feature_weight 1" ;;
+    kd_w*_s*)
+      local w="${row#kd_w}"; w="${w%_s*}"
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_weight $w" ;;
     kd_off_last_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_off_last $OFF_LAST" ;;
     *) die "no spec for row '$row'" ;;
