@@ -147,17 +147,38 @@ def test_kl_zero_for_equal_logits_and_positive_otherwise():
 
 def test_kl_gradient_matches_closed_form_with_t_squared():
     # d/ds KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T))) = (sigmoid(s/T) - sigmoid(t/T)) / T,
-    # so with the T^2 factor, weight w = sigmoid(t_obj) and the means over 8 cells and 3 classes:
-    # grad_c = alpha * T^2 * w * (sigmoid(s_c/T) - sigmoid(t_c/T)) / T / (8 * 3)
+    # so with the T^2 factor, weight w = sigmoid(t_obj), the mean over 3 classes and the weighted
+    # mean over the teacher's objects (sum of w over the 8 cells, floored at 1 per image, 2 here):
+    # grad_c = alpha * T^2 * w * (sigmoid(s_c/T) - sigmoid(t_c/T)) / T / (max(sum w, 2) * 3)
     s, t = kd_pair()
+    w = t[..., 4:5].sigmoid()
+    assert w.sum() > 2
     for T in (1.0, 3.0):
         sg = s.clone().requires_grad_(True)
         loss, _ = SoftLabelKL(T=T, alpha=0.5)(DistillInputs([sg]), DistillInputs([t]))
         loss.backward()
-        w = t[..., 4:5].sigmoid()
-        expected = 0.5 * T * w * ((s[..., 5:] / T).sigmoid() - (t[..., 5:] / T).sigmoid()) / 24
+        expected = 0.5 * T * w * ((s[..., 5:] / T).sigmoid() - (t[..., 5:] / T).sigmoid()) / (w.sum() * 3)
         assert torch.allclose(sg.grad[..., 5:], expected, atol=1e-6)
         assert sg.grad[..., :5].abs().sum() == 0   # only class logits are distilled
+
+
+def test_kl_is_a_mean_over_the_teachers_objects_not_over_cells():
+    # The same objects on a 4x larger, otherwise empty map: a mean over cells would shrink the
+    # term 4x (sparse data, e.g. small defects); a mean over the teacher's objects keeps it.
+    s, t = kd_pair()
+    t[..., 4] = 8.0  # every cell is a confident teacher object
+    big_s, big_t = torch.zeros(2, 1, 4, 4, 8), torch.zeros(2, 1, 4, 4, 8)
+    big_t[..., 4] = -30.0  # background: weight ~0
+    big_s[:, :, :2, :2], big_t[:, :, :2, :2] = s, t
+    kd = SoftLabelKL(T=2.0)
+    small = kd(DistillInputs([s]), DistillInputs([t]))[0].item()
+    assert kd(DistillInputs([big_s]), DistillInputs([big_t]))[0].item() == pytest.approx(small, rel=1e-5)
+    # a level where the teacher sees (almost) nothing is not amplified: the object count floors at
+    # one per image
+    faint = t.clone()
+    faint[..., 4] = -8.0  # sum of weights 8 * 3e-4 << 2 images
+    per_cell = SoftLabelKL(T=2.0, obj_weighted=False)(DistillInputs([s]), DistillInputs([faint]))[0].item()
+    assert kd(DistillInputs([s]), DistillInputs([faint]))[0].item() < 0.01 * per_cell
 
 
 def test_kl_t_squared_keeps_gradient_scale_across_temperatures():
