@@ -9,7 +9,7 @@ Interface (distill.losses):
         items: dict name -> detached 0-dim tensor (become train/<name> columns).
 
 Methods:
-    OutputDistillation(model, d_weight=0.5, cls_weighting='teacher_obj', fork_units=False)
+    OutputDistillation(model, d_weight=2.0, cls_weighting='teacher_obj', fork_units=False)
         the reference fork's teacher-objectness weighted MSE; items dist_box/dist_obj/dist_cls
     SoftLabelKL(T=4, alpha=1, mode='bernoulli'|'softmax', obj_weighted=True, distill_obj=False, model=None)
         Hinton KD on class scores with T^2 correction, x model.hyp['cls']; items kd_cls (+ kd_obj)
