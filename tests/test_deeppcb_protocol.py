@@ -128,14 +128,14 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = planned(r.stdout)
     kd = [f'kd_{m}_s{s}' for m in ('output', 'mse', 'cosine', 'cwd', 'kl', 'off_last', 'cwd_w1')
-          for s in (0, 1)] + ['kd_w2_s0', 'kd_w2_s1']
+          for s in (0, 1)] + ['kd_w0.5_s0', 'kd_w0.5_s1']
     assert list(rows) == ['teacher', 'base_s0', 'base_s1', 'base_s2'] + kd
     assert rows['teacher'].startswith('python3 train.py') and '--cfg yolov5s.yaml' in rows['teacher']
     assert '--seed 2' in rows['base_s2'] and 'yolov5n.pt' in rows['base_s2']
     assert '--d_feature cwd' in rows['kd_cwd_s1'] and '--seed 1' in rows['kd_cwd_s1']
     assert '--d_kl' in rows['kd_kl_s0'] and '--d_off_last 3' in rows['kd_off_last_s0']
     assert '--d_feature cwd --d_feature_weight 1' in rows['kd_cwd_w1_s1']
-    assert '--d_weight 2 ' in rows['kd_w2_s1'] and '--seed 1' in rows['kd_w2_s1']
+    assert '--d_weight 0.5 ' in rows['kd_w0.5_s1'] and '--seed 1' in rows['kd_w0.5_s1']
     assert all('--imgsz 320' in c and '--device cpu' in c and '--epochs' in c for c in rows.values())
     assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
     assert r.stdout.count('compare.py') == 2
