@@ -34,7 +34,8 @@ def build_parser():
                    help="gain of output distillation, per image (the reference fork's d_weight / its batch size)")
     g.add_argument("--d_fork_units", action="store_true",
                    help="--d_weight per batch as in the reference fork (its exact total; strength changes with batch)")
-    g.add_argument("--d_kl", action="store_true", help="add soft-label KL distillation of class scores")
+    g.add_argument("--d_kl", action=argparse.BooleanOptionalAction, default=True,
+                   help="soft-label KL distillation of class scores (on with output distillation: best measured)")
     g.add_argument("--d_temperature", type=float, default=4.0, help="KL temperature T (loss x T^2)")
     g.add_argument("--d_alpha", type=float, default=DEFAULT_KL_ALPHA, help="KL gain alpha (x the class gain hyp cls)")
     g.add_argument("--d_feature", nargs="?", const="mse", default=None, choices=["mse", "cosine", "cwd"],

@@ -26,14 +26,14 @@
 #   weights/deeppcb_teacher_yolov5s_<PROTOCOL>.pt; later sessions reuse that file. Its mAPs on this
 #   protocol's val set (for gap recovered) are measured once into <teacher>_val_<PROTOCOL>.json.
 # Every run: same data, image size, epochs, batch, hyp (YOLOv5 defaults) and augmentation; seed in the
-#   row name (_s<k>). A KD row is the distillation defaults plus one flag, i.e. what a user gets by
-#   adding that flag: output KD (--d_weight default) is on in every KD row.
+#   row name (_s<k>). A KD row is the distillation defaults (output KD at the default --d_weight + KL,
+#   since session 7) plus one flag, i.e. what a user gets by adding that flag.
 # Rows, issue 16 (ISSUE=16, default):
-#   teacher | base_s0 base_s1 base_s2 | kd_output_s* | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) |
-#   kd_kl_s* (--d_kl) | kd_off_last_s* (--d_off_last OFF_LAST) | kd_cwd_w1_s* (--d_feature cwd at gain 1,
-#   the best on the synthetic set) | kd_w<W>_s* (output KD at --d_weight W, for W in D_WEIGHTS [0.5], the
-#   default before session 6, when 2 replaced it: at 0.5 the output term was 5-27 % of the detection loss
-#   on these tiles); KD seeds: KD_SEEDS [0 1]
+#   teacher | base_s0 base_s1 base_s2 | kd_output_s* (output KD alone: --no-d_kl) | kd_kl_s* (--d_kl: the
+#   defaults) | kd_mse_s* kd_cosine_s* kd_cwd_s* (--d_feature) | kd_off_last_s* (--d_off_last OFF_LAST) |
+#   kd_cwd_w1_s* (--d_feature cwd at gain 1, the best on the synthetic set) | kd_w<W>_s* (output KD alone at
+#   --d_weight W, for W in D_WEIGHTS [0.5], the default before session 6, when 2 replaced it: at 0.5 the
+#   output term was 5-27 % of the detection loss on these tiles); KD seeds: KD_SEEDS [0 1]
 # Rows, issue 14 (ISSUE=14; a fixed half of the train images keeps its labels, split seed 0, by image):
 #   lab_base_s0..2 (labelled half alone) | lab_kd_s* (KD on the labelled half) | lab_unlab_kd_s* (KD on
 #   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
@@ -109,7 +109,7 @@ rows_16() {
   local s m
   echo teacher
   for s in $BASE_SEEDS; do echo "base_s$s"; done
-  for m in output mse cosine cwd kl off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
+  for m in output kl mse cosine cwd off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
   for m in $D_WEIGHTS; do for s in $KD_SEEDS; do echo "kd_w${m}_s$s"; done; done
 }
 rows_14() {
@@ -146,7 +146,8 @@ row_spec() {
     teacher) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0" ;;
     teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
-    kd_output_s*|lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
+    kd_output_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --no-d_kl" ;;
+    lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
     lab_kd_2x_s*) echo "$(( 2 * EPOCHS )) train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
     lab_unlab_kd_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED" ;;
@@ -161,7 +162,7 @@ row_spec() {
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature cwd --d_feature_weight 1" ;;
     kd_w*_s*)
       local w="${row#kd_w}"; w="${w%_s*}"
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_weight $w" ;;
+      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --no-d_kl --d_weight $w" ;;
     kd_off_last_s*)
       echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_off_last $OFF_LAST" ;;
     *) die "no spec for row '$row'" ;;

@@ -79,7 +79,7 @@ class Distiller(nn.Module):
             self._build_feature_terms(student, d_feature, feature_weight, feature_layers, teacher_feature_layers,
                                       standardize, tau)
         if not self.output_terms and not self.feature_terms:
-            raise ValueError("no distillation method enabled: keep --d_output, or add --d_kl / --d_feature")
+            raise ValueError("no distillation method enabled: keep --d_output or --d_kl, or add --d_feature")
         self.to(next(student.parameters()).device)
 
     def _build_feature_terms(self, student, loss, weight, s_layers, t_layers, standardize, tau):

@@ -58,7 +58,7 @@ def check_compatible(student, teacher, teacher_name="teacher"):
     """
     s, t = detect_head(student), detect_head(teacher)
     hint = ("Train or pick a teacher on the same dataset (same --data, so the same nc) and model family "
-            "(same levels and strides), or use feature-only distillation (--no-d_output --d_feature ...) "
+            "(same levels and strides), or use feature-only distillation (--no-d_output --no-d_kl --d_feature ...) "
             "which needs no matching outputs.")
     if s.nc != t.nc:
         raise TeacherMismatchError(f"{teacher_name} has nc={t.nc} classes but the student has nc={s.nc}. {hint}")

@@ -11,7 +11,8 @@
 #   STUDENTS  student model YAMLs, or .pt files to start from [yolov5n.yaml]
 #   METHODS   output | kl | output+kl | feature-<loss>[-std] | kl+feature-<loss>[-std]
 #             (<loss>: mse, cosine, cwd; -std adds --d_standardize)   [output feature-cwd kl]
-#             Output distillation stays on unless the method has kl without output.
+#             Each run has exactly the named terms: output distillation stays on unless the method has kl
+#             without output; KL (on by default in train_distillation.py) is off unless named.
 #   DWEIGHTS  gain of the method's main term: --d_weight when output distillation is on,
 #             --d_alpha (KL gain) for kl without output; per image (README, "Units")  [0.5 2]
 #   SEEDS     seeds of the baseline runs; >= 2 lets compare.py measure the noise  [0]
@@ -74,7 +75,7 @@ method_flags() {
       *) die "unknown method '$method' (token '$tok'); use output, kl, output+kl, feature-<mse|cosine|cwd>[-std]" ;;
     esac
   done
-  if (( kl )); then flags+=(--d_kl); fi
+  if (( kl )); then flags+=(--d_kl); else flags+=(--no-d_kl); fi
   if (( kl && !output )); then flags+=(--no-d_output); fi
   echo "${flags[@]}"
 }

@@ -127,7 +127,7 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     r = run_script(tmp_path, EPOCHS='30', TEACHER='t.pt')  # OFF_LAST defaults to EPOCHS / 10; no teacher yet
     assert r.returncode == 0, r.stderr
     rows = planned(r.stdout)
-    kd = [f'kd_{m}_s{s}' for m in ('output', 'mse', 'cosine', 'cwd', 'kl', 'off_last', 'cwd_w1')
+    kd = [f'kd_{m}_s{s}' for m in ('output', 'kl', 'mse', 'cosine', 'cwd', 'off_last', 'cwd_w1')
           for s in (0, 1)] + ['kd_w0.5_s0', 'kd_w0.5_s1']
     assert list(rows) == ['teacher', 'base_s0', 'base_s1', 'base_s2'] + kd
     assert rows['teacher'].startswith('python3 train.py') and '--cfg yolov5s.yaml' in rows['teacher']
@@ -136,6 +136,9 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert '--d_kl' in rows['kd_kl_s0'] and '--d_off_last 3' in rows['kd_off_last_s0']
     assert '--d_feature cwd --d_feature_weight 1' in rows['kd_cwd_w1_s1']
     assert '--d_weight 0.5 ' in rows['kd_w0.5_s1'] and '--seed 1' in rows['kd_w0.5_s1']
+    # output-only rows turn the default KL off; every other KD row keeps the defaults
+    assert all('--no-d_kl' in rows[r] for r in ('kd_output_s0', 'kd_w0.5_s1'))
+    assert sum('--no-d_kl' in c for c in rows.values()) == 4
     assert all('--imgsz 320' in c and '--device cpu' in c and '--epochs' in c for c in rows.values())
     assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
     assert r.stdout.count('compare.py') == 2

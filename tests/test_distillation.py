@@ -157,10 +157,19 @@ def test_feature_layers_tap_the_same_indices_in_the_teacher(tiny_data, tmp_path,
 
 
 def test_progress_header_has_distillation_columns_from_epoch_0(tiny_data, tmp_path, teacher_pt, capsys):
-    run_distill(distill_args(tiny_data, tmp_path, "hdr", teacher_pt, epochs=1, extra=["--d_kl"]))
+    run_distill(distill_args(tiny_data, tmp_path, "hdr", teacher_pt, epochs=1))  # the defaults: output + KL
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "box_loss" in line)  # epoch 0's, before any batch
     assert "dist_box" in header and "kd_cls" in header
+
+
+def test_kl_is_on_by_default_and_off_with_no_d_kl(tiny_data, tmp_path, teacher_pt):
+    kept = []
+    run_distill(distill_args(tiny_data, tmp_path, "out_only", teacher_pt, epochs=1, extra=["--no-d_kl"]), keep=kept)
+    assert list(kept[0].output_terms) == ["output"]
+    assert "train/kd_cls" not in header(tmp_path / "out_only" / "results.csv")
+    parser = train_distillation.build_parser()
+    assert parser.parse_args([]).d_kl and parser.parse_args([]).d_output
 
 
 def test_teacher_gives_raw_levels_without_decoding(teacher_pt, monkeypatch):

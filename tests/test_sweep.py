@@ -47,6 +47,8 @@ def test_dry_run_plans_the_grid(tmp_path, teacher):
     feat = cmds['yolov5n_feature-cwd-std_dw1_teach'].split()
     assert feat[feat.index('--d_feature') + 1] == 'cwd' and '--d_standardize' in feat and '--no-d_output' not in feat
     assert feat[feat.index('--d_weight') + 1] == '1'
+    # every run has exactly its named terms: KL, on by default in train_distillation.py, is off unless named
+    assert '--no-d_kl' in feat and '--no-d_kl' in cmds['yolov5n_output_dw1_teach'].split()
     for c in cmds.values():
         if 'compare.py' in c:
             continue
