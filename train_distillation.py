@@ -1,6 +1,7 @@
 """Train a small YOLOv5 (student) with knowledge distillation from frozen teachers.
 
-Every train.py flag works here; the distillation flags add a term to the detection loss each batch.
+Every train.py flag works here; the distillation flags add terms to the detection loss each batch
+(by default output distillation + soft-label KL, the best measured: README, "What distillation gained").
     python train_distillation.py                       # demo: yolov5n student, shipped demo teacher, synthetic data
     python train_distillation.py --data coco.yaml --cfg yolov5s.yaml --weights yolov5s.pt \
         --t_weights yolov5m.pt --imgsz 640 --epochs 100 --batch-size 64
