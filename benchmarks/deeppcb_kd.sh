@@ -140,31 +140,27 @@ student() { echo "--weights $STUDENT --cfg ''"; }
 
 # "<epochs> <script> <flags>" of a row
 row_spec() {
-  local row="$1" seed="${1##*_s}" data="$DATA" t="$TEACHER"
+  local row="$1" seed="${1##*_s}" data="$DATA" t="$TEACHER" kd
   [[ "$row" == lab_* ]] && { data="$LAB_DATA"; t="$TEACHER_LAB"; }
+  kd="train_distillation.py $(student) --data $data --seed $seed --t_weights $t"  # the defaults; rows add flags
   case "$row" in
     teacher) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0" ;;
     teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
-    kd_output_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --no-d_kl" ;;
-    lab_kd_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
-    lab_kd_2x_s*) echo "$(( 2 * EPOCHS )) train_distillation.py $(student) --data $data --seed $seed --t_weights $t" ;;
-    lab_unlab_kd_s*)
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED" ;;
-    lab_unlab_pseudo_s*)
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_unlabeled $UNLABELLED \
---d_pseudo $PSEUDO_CONF" ;;
+    kd_output_s*) echo "$EPOCHS $kd --no-d_kl" ;;
+    lab_kd_s*) echo "$EPOCHS $kd" ;;
+    lab_kd_2x_s*) echo "$(( 2 * EPOCHS )) $kd" ;;
+    lab_unlab_kd_s*) echo "$EPOCHS $kd --d_unlabeled $UNLABELLED" ;;
+    lab_unlab_pseudo_s*) echo "$EPOCHS $kd --d_unlabeled $UNLABELLED --d_pseudo $PSEUDO_CONF" ;;
     kd_mse_s*|kd_cosine_s*|kd_cwd_s*)
       local m="${row#kd_}"; m="${m%_s*}"
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature $m" ;;
-    kd_kl_s*) echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_kl" ;;
-    kd_cwd_w1_s*)
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_feature cwd --d_feature_weight 1" ;;
+      echo "$EPOCHS $kd --d_feature $m" ;;
+    kd_kl_s*) echo "$EPOCHS $kd --d_kl" ;;
+    kd_cwd_w1_s*) echo "$EPOCHS $kd --d_feature cwd --d_feature_weight 1" ;;
     kd_w*_s*)
       local w="${row#kd_w}"; w="${w%_s*}"
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --no-d_kl --d_weight $w" ;;
-    kd_off_last_s*)
-      echo "$EPOCHS train_distillation.py $(student) --data $data --seed $seed --t_weights $t --d_off_last $OFF_LAST" ;;
+      echo "$EPOCHS $kd --no-d_kl --d_weight $w" ;;
+    kd_off_last_s*) echo "$EPOCHS $kd --d_off_last $OFF_LAST" ;;
     *) die "no spec for row '$row'" ;;
   esac
 }
