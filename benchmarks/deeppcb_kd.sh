@@ -42,6 +42,10 @@
 #   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
 #   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
 #   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
+# TEACHER_ROUND [1] (issue 16): 2 = a stronger teacher without a GPU: row teacher trains the round-1 teacher
+#   TEACHER_EPOCHS [30] more epochs (a second LR cycle from its weights, --cfg '': its own anchors) into
+#   weights/deeppcb_teacher2_yolov5s_<PROTOCOL>.pt; KD rows use it in <PROJECT16>_t2; the baselines need no
+#   teacher, so round 2 lists none and its tables read them from <PROJECT16> (runs/deeppcb_<PROTOCOL>_e<EPOCHS>).
 # Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>_e<EPOCHS>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
 #   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
 # A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
@@ -60,6 +64,7 @@ BASE_SEEDS="${BASE_SEEDS:-0 1 2}"
 D_WEIGHTS="${D_WEIGHTS:-0.5}"
 PSEUDO_CONF="${PSEUDO_CONF:-0.5}"
 SSL_TEACHER="${SSL_TEACHER:-full}"
+TEACHER_ROUND="${TEACHER_ROUND:-1}"
 FAILED=()
 
 die() { echo "deeppcb_kd.sh: error: $*" >&2; exit 2; }
@@ -73,6 +78,12 @@ case "$PROTOCOL" in
        DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
        DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
   *) die "PROTOCOL must be cpu or gpu, got '$PROTOCOL'" ;;
+esac
+case "$TEACHER_ROUND" in
+  1) ;;
+  2) [[ "$ISSUE" == 16 ]] || die "TEACHER_ROUND=2 is for ISSUE=16 (issue 14 rows use the round-1 teacher)"
+     DEF_TEACHER_EPOCHS=30 ;;
+  *) die "TEACHER_ROUND must be 1 or 2, got '$TEACHER_ROUND'" ;;
 esac
 [[ "$SUBSET" =~ ^[0-9]+$ ]] || die "SUBSET must be a number of tiles (0 = all), got '$SUBSET'"
 # names scripts/deeppcb_tiles.py gives its outputs (--train-subset N, --labelled-fraction 0.5 --split-seed 0)
@@ -89,11 +100,13 @@ EPOCHS="${EPOCHS:-$DEF_EPOCHS}"; TEACHER_EPOCHS="${TEACHER_EPOCHS:-$DEF_TEACHER_
 OFF_LAST="${OFF_LAST:-$(( EPOCHS / 10 > 1 ? EPOCHS / 10 : 1 ))}"
 PROJECT16="runs/deeppcb_${PROTOCOL}_e$EPOCHS"  # one folder per schedule: rows of different epochs never mix
 case "$ISSUE" in
-  16) PROJECT="${PROJECT:-$PROJECT16}" ;;
+  16) PROJECT="${PROJECT:-$PROJECT16$( [[ "$TEACHER_ROUND" == 2 ]] && echo _t2)}" ;;
   14) PROJECT="${PROJECT:-${PROJECT16}_ssl}" ;;
   *) die "ISSUE must be 16 or 14, got '$ISSUE'" ;;
 esac
-TEACHER="${TEACHER:-weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt}"
+FIRST_TEACHER="weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt"  # round 1; round 2 starts from it
+if [[ "$TEACHER_ROUND" == 2 ]]; then TEACHER="${TEACHER:-weights/deeppcb_teacher2_yolov5s_$PROTOCOL.pt}"
+else TEACHER="${TEACHER:-$FIRST_TEACHER}"; fi
 case "$SSL_TEACHER" in
   full) TEACHER_LAB="${TEACHER_LAB:-$TEACHER}" ;;
   lab) TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}" ;;
@@ -108,7 +121,7 @@ done
 rows_16() {
   local s m
   echo teacher
-  for s in $BASE_SEEDS; do echo "base_s$s"; done
+  [[ "$TEACHER_ROUND" == 1 ]] && for s in $BASE_SEEDS; do echo "base_s$s"; done
   for m in output kl mse cosine cwd off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
   for m in $D_WEIGHTS; do for s in $KD_SEEDS; do echo "kd_w${m}_s$s"; done; done
 }
@@ -144,7 +157,8 @@ row_spec() {
   [[ "$row" == lab_* ]] && { data="$LAB_DATA"; t="$TEACHER_LAB"; }
   kd="train_distillation.py $(student) --data $data --seed $seed --t_weights $t"  # the defaults; rows add flags
   case "$row" in
-    teacher) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0" ;;
+    teacher) if [[ "$TEACHER_ROUND" == 2 ]]; then echo "$TEACHER_EPOCHS train.py --weights $FIRST_TEACHER --cfg '' --data $DATA --seed 0"
+             else echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0"; fi ;;
     teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
     kd_output_s*) echo "$EPOCHS $kd --no-d_kl" ;;
@@ -200,6 +214,13 @@ exist_ok=True)[0]; \
 json.dump({'mAP_0.5': r[2], 'mAP_0.5:0.95': r[3]}, open('$json', 'w'))\""
 }
 
+# The teacher file a row starts from (distillation rows, the round-2 teacher), or nothing.
+teacher_needed() {
+  local row="$1" script="$2" flags="$3"
+  if [[ "$script" == train_distillation.py ]]; then flags="${flags##*--t_weights }"; echo "${flags%% *}"
+  elif [[ "$row" == teacher && "$TEACHER_ROUND" == 2 ]]; then echo "$FIRST_TEACHER"; fi
+}
+
 run_row() {
   local row="$1" spec epochs script flags dir done
   spec="$(row_spec "$row")" || exit 2
@@ -211,11 +232,14 @@ run_row() {
     echo "== $row: $weights exists, skipping (delete it to train the teacher again)"; return 0
   fi
   done="$(epochs_done "$dir")"
-  if (( done >= epochs )); then echo "== $row: done ($done epochs), skipping"; return 0; fi
-  if [[ "$script" == train_distillation.py ]]; then
-    local t="${flags##*--t_weights }"; t="${t%% *}"
-    [[ -f "$t" || "$DRY_RUN" == 1 ]] || { echo "== $row: teacher $t missing: run its teacher row first"
-      FAILED+=("$row"); return 0; }
+  if (( done >= epochs )); then
+    echo "== $row: done ($done epochs), skipping"
+    [[ -z "$weights" ]] || save_teacher "$dir" "$weights" || FAILED+=("$row")  # trained but not yet saved
+    return 0
+  fi
+  local need; need="$(teacher_needed "$row" "$script" "$flags")"
+  if [[ -n "$need" && ! -f "$need" && "$DRY_RUN" != 1 ]]; then
+    echo "== $row: teacher $need missing: run its teacher row first"; FAILED+=("$row"); return 0
   fi
   echo "== $row ($epochs epochs)"
   if [[ -f "$dir/weights/last.pt" ]]; then
@@ -228,16 +252,14 @@ run_row() {
   if ! run "$PYTHON $script $flags > $PROJECT/logs/$row.log 2>&1"; then
     echo "   FAILED: see $PROJECT/logs/$row.log"; FAILED+=("$row"); return 0
   fi
-  case "$row" in
-    teacher) save_teacher "$dir" "$TEACHER" || FAILED+=("$row") ;;
-    teacher_lab) save_teacher "$dir" "$TEACHER_LAB" || FAILED+=("$row") ;;
-  esac
+  [[ -z "$weights" ]] || save_teacher "$dir" "$weights" || FAILED+=("$row")
 }
 
 # Tables for both metrics; the teacher's value comes from the json written beside its weights.
 compare_runs() {
   local t="$TEACHER" runs="$PROJECT" metric tm tag
   [[ "$ISSUE" == 14 ]] && { t="$TEACHER_LAB"; runs="$PROJECT $PROJECT16/base_s*"; }
+  [[ "$TEACHER_ROUND" == 2 ]] && runs="$PROJECT $PROJECT16/base_s*"  # baselines need no teacher
   echo "== compare"
   teacher_metrics "$t" || FAILED+=("teacher metrics")
   local json="${t%.pt}_val_$PROTOCOL.json"

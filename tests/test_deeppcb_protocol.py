@@ -174,3 +174,27 @@ def test_row_selection(tmp_path):
     assert nan.returncode == 2 and "D_WEIGHTS must hold numbers, got 'two'" in nan.stderr
     ssl = run_script(tmp_path, ISSUE='14', ROW='lab_unlab_kd')
     assert ssl.returncode == 0 and list(planned(ssl.stdout)) == ['lab_unlab_kd_s0', 'lab_unlab_kd_s1']
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_teacher_round_2_trains_the_committed_teacher_further(tmp_path):
+    r = run_script(tmp_path, TEACHER_ROUND='2', TEACHER='t2.pt')  # t2.pt: not trained yet
+    assert r.returncode == 0, r.stderr
+    rows = planned(r.stdout)
+    assert list(rows)[:3] == ['teacher', 'kd_output_s0', 'kd_output_s1']  # baselines need no teacher: none
+    assert "train.py --weights weights/deeppcb_teacher_yolov5s_cpu.pt --cfg '' " in rows['teacher']
+    assert '--epochs 30 ' in rows['teacher'] and '--seed 0' in rows['teacher']
+    assert all('--t_weights t2.pt' in c for row, c in rows.items() if row != 'teacher')
+    assert f"compare.py {tmp_path / 'runs'} runs/deeppcb_cpu_e12/base_s* --seeds" in r.stdout  # round-1 baselines
+    default = run_script(tmp_path, TEACHER_ROUND='2', PROJECT=None, ROW='kd_kl_s0').stdout
+    assert '--t_weights weights/deeppcb_teacher2_yolov5s_cpu.pt' in default
+    assert '--project runs/deeppcb_cpu_e12_t2 ' in default  # its own folder: KD rows of two teachers never mix
+    issue14 = run_script(tmp_path, TEACHER_ROUND='2', ISSUE='14')
+    assert issue14.returncode == 2 and 'TEACHER_ROUND=2 is for ISSUE=16' in issue14.stderr
+
+    # a teacher run that finished but was not saved (interrupted after training) is saved, not retrained
+    csv = tmp_path / 'runs' / 'teacher' / 'results.csv'
+    csv.parent.mkdir(parents=True)
+    csv.write_text('epoch\n' + ''.join(f'{e}\n' for e in range(30)))
+    done = run_script(tmp_path, TEACHER_ROUND='2', TEACHER='t2.pt', ROW='teacher').stdout
+    assert '== teacher: done (30 epochs), skipping' in done and "/teacher/weights/best.pt', 't2.pt'" in done
