@@ -39,6 +39,8 @@
 #   labelled + unlabelled: --d_unlabeled images/unlabelled_*) | lab_unlab_pseudo_s* (the same + the
 #   teacher's boxes at conf >= PSEUDO_CONF as labels, --d_pseudo) | ceiling = the issue-16 base_s* rows.
 #   lab_kd_2x_s* (control: KD on the labelled half for 2 x EPOCHS, the optimizer steps of lab_unlab_*) |
+#   lab_unlab_kd_half_s* lab_unlab_pseudo_half_s* (the other control: lab_unlab_* for EPOCHS / 2, the optimizer
+#   steps of lab_kd_s*: an epoch over both halves is twice as long, so only the images differ) |
 #   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
 #   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
 #   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
@@ -98,6 +100,7 @@ IMGSZ="${IMGSZ:-$DEF_IMGSZ}"; BATCH="${BATCH:-$DEF_BATCH}"; WORKERS="${WORKERS:-
 DEVICE="${DEVICE:-$DEF_DEVICE}"; EXTRA="${EXTRA-$DEF_EXTRA}"  # EXTRA="" drops the defaults
 EPOCHS="${EPOCHS:-$DEF_EPOCHS}"; TEACHER_EPOCHS="${TEACHER_EPOCHS:-$DEF_TEACHER_EPOCHS}"
 OFF_LAST="${OFF_LAST:-$(( EPOCHS / 10 > 1 ? EPOCHS / 10 : 1 ))}"
+HALF_EPOCHS=$(( EPOCHS / 2 > 1 ? EPOCHS / 2 : 1 ))
 PROJECT16="runs/deeppcb_${PROTOCOL}_e$EPOCHS"  # one folder per schedule: rows of different epochs never mix
 case "$ISSUE" in
   16) PROJECT="${PROJECT:-$PROJECT16$( [[ "$TEACHER_ROUND" == 2 ]] && echo _t2)}" ;;
@@ -129,7 +132,7 @@ rows_14() {
   local s m
   [[ "$SSL_TEACHER" == lab ]] && echo teacher_lab
   for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
-  for m in kd unlab_kd unlab_pseudo kd_2x; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
+  for m in kd unlab_kd unlab_pseudo kd_2x unlab_kd_half unlab_pseudo_half; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
 }
 
 # ROW entries: exact row names, or a row without its _s<k> suffix meaning all of its seeds.
@@ -166,6 +169,8 @@ row_spec() {
     lab_kd_2x_s*) echo "$(( 2 * EPOCHS )) $kd" ;;
     lab_unlab_kd_s*) echo "$EPOCHS $kd --d_unlabeled $UNLABELLED" ;;
     lab_unlab_pseudo_s*) echo "$EPOCHS $kd --d_unlabeled $UNLABELLED --d_pseudo $PSEUDO_CONF" ;;
+    lab_unlab_kd_half_s*) echo "$HALF_EPOCHS $kd --d_unlabeled $UNLABELLED" ;;
+    lab_unlab_pseudo_half_s*) echo "$HALF_EPOCHS $kd --d_unlabeled $UNLABELLED --d_pseudo $PSEUDO_CONF" ;;
     kd_mse_s*|kd_cosine_s*|kd_cwd_s*)
       local m="${row#kd_}"; m="${m%_s*}"
       echo "$EPOCHS $kd --d_feature $m" ;;

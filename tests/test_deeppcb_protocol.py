@@ -149,8 +149,12 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
 
     gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
     assert list(gpu) == ['lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1', 'lab_unlab_kd_s0',
-                         'lab_unlab_kd_s1', 'lab_unlab_pseudo_s0', 'lab_unlab_pseudo_s1', 'lab_kd_2x_s0', 'lab_kd_2x_s1']
+                         'lab_unlab_kd_s1', 'lab_unlab_pseudo_s0', 'lab_unlab_pseudo_s1', 'lab_kd_2x_s0', 'lab_kd_2x_s1',
+                         'lab_unlab_kd_half_s0', 'lab_unlab_kd_half_s1', 'lab_unlab_pseudo_half_s0',
+                         'lab_unlab_pseudo_half_s1']
     assert '--epochs 100' in gpu['lab_kd_2x_s0'] and '--epochs 50' in gpu['lab_kd_s0']
+    assert '--epochs 25 ' in gpu['lab_unlab_pseudo_half_s1'] and '--d_pseudo 0.5' in gpu['lab_unlab_pseudo_half_s1']
+    assert '--d_unlabeled' in gpu['lab_unlab_kd_half_s0'] and '--d_pseudo' not in gpu['lab_unlab_kd_half_s0']
     assert all('--imgsz 640' in c and '--batch-size 64' in c for c in gpu.values())
     assert 'labelled_f50_s0.yaml' in gpu['lab_kd_s0'] and '--d_unlabeled' not in gpu['lab_kd_s0']
     assert 'deeppcb_teacher_yolov5s_gpu.pt' in gpu['lab_kd_s0']  # SSL_TEACHER=full: the issue-16 teacher
