@@ -46,13 +46,14 @@ def match_feature_taps(student, teacher, s_layers, t_layers, teacher_name):
 class Distiller(nn.Module):
     """Extra loss = output distillation + soft-label KL + feature distillation, as enabled.
 
-    Only the feature adapters are parameters of this module: teachers are kept in a plain list so
+    The defaults are train_distillation.py's (output distillation + soft-label KL, the best measured on
+    DeepPCB). Only the feature adapters are parameters of this module: teachers are kept in a plain list so
     that they are neither trained, nor saved in `last.pt`, nor counted in `parameters()`.
     Outputs (output MSE, KL) follow --d_multi; feature distillation always keeps one adapter set
     and one loss per teacher (teachers of other widths cannot share one), averaged over teachers.
     """
 
-    def __init__(self, student, teachers, d_output=True, d_weight=DEFAULT_D_WEIGHT, d_kl=False,
+    def __init__(self, student, teachers, d_output=True, d_weight=DEFAULT_D_WEIGHT, d_kl=True,
                  temperature=4.0, alpha=DEFAULT_KL_ALPHA, d_feature=None, feature_weight=None, feature_layers=None,
                  standardize=False, tau=1.0, multi_teacher="average", off_last_epochs=0,
                  teacher_feature_layers=None, fork_units=False, pseudo_conf=None):
