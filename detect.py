@@ -22,7 +22,7 @@ import torch
 
 from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywh
 from utils.cli import UserError
-from utils.files import increment_path
+from utils.files import increment_path, shown_path
 from utils.plots import Annotator, colors
 from utils.sources import LoadSources, check_imgsz, collect_files
 from utils.torch_utils import select_device
@@ -249,7 +249,7 @@ def report(times, seen, imgsz, save_dir, save_txt, nosave):
     if save_txt or not nosave:
         n = len(list((save_dir / 'labels').glob('*.txt'))) if save_txt else 0
         extra = f"\n{n} labels saved to {save_dir / 'labels'}" if save_txt else ''
-        print(f'Results saved to {save_dir}{extra}')
+        print(f'Results saved to {shown_path(save_dir)}{extra}')
 
 
 def parse_opt(argv=None):

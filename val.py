@@ -13,7 +13,7 @@ import torch
 
 from utils.coco_eval import coco80_to_coco91_class, is_coco_dataset, save_and_evaluate
 from utils.evaluate import PER_CLASS_MAX_NC, EvalResult, build_loader, evaluate, print_results
-from utils.files import increment_path
+from utils.files import increment_path, shown_path
 from utils.sources import check_imgsz
 from utils.torch_utils import select_device
 
@@ -74,7 +74,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     if save_json:
         _report_pycocotools(res, loader.dataset, data, class_map, save_dir, Path(weights).stem, max_det)
     labels = f"\n{len(list(save_dir.glob('labels/*.txt')))} labels saved to {save_dir / 'labels'}" if save_txt else ""
-    print(f"Results saved to {save_dir}{labels}")
+    print(f"Results saved to {shown_path(save_dir)}{labels}")
     return res.as_tuple(), res.maps, res.times
 
 

@@ -190,9 +190,9 @@ def test_teacher_round_2_trains_the_committed_teacher_further(tmp_path):
     assert '--epochs 30 ' in rows['teacher'] and '--seed 0' in rows['teacher']
     assert all('--t_weights t2.pt' in c for row, c in rows.items() if row != 'teacher')
     assert f"compare.py {tmp_path / 'runs'} runs/deeppcb_cpu_e12/base_s* --seeds" in r.stdout  # round-1 baselines
-    default = run_script(tmp_path, TEACHER_ROUND='2', PROJECT=None, ROW='kd_kl_s0').stdout
+    default = run_script(tmp_path, TEACHER_ROUND='2', PROJECT=None, EPOCHS='97', ROW='kd_kl_s0').stdout  # no runs
     assert '--t_weights weights/deeppcb_teacher2_yolov5s_cpu.pt' in default
-    assert '--project runs/deeppcb_cpu_e12_t2 ' in default  # its own folder: KD rows of two teachers never mix
+    assert '--project runs/deeppcb_cpu_e97_t2 ' in default  # its own folder: KD rows of two teachers never mix
     issue14 = run_script(tmp_path, TEACHER_ROUND='2', ISSUE='14')
     assert issue14.returncode == 2 and 'TEACHER_ROUND=2 is for ISSUE=16' in issue14.stderr
 

@@ -26,9 +26,12 @@ def run_train(args):
     return train.main(train.parse_opt(args))
 
 
-def test_train_writes_yolov5_run_folder(tiny_data, tmp_path):
+def test_train_writes_yolov5_run_folder(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     results = run_train(tiny_train_args(tiny_data, tmp_path, "exp", epochs=2))
     run = tmp_path / "exp"
+    out = capsys.readouterr().out  # paths under the working directory are printed relative, as YOLOv5 does
+    assert f"Final {Path('exp/weights/best.pt')}: mAP@0.5 " in out and f"Results saved to {Path('exp')}\n" in out
     assert len(results) == 7 and all(torch.isfinite(torch.tensor(results)))
     for f in ("opt.yaml", "hyp.yaml", "results.csv", "weights/last.pt", "weights/best.pt"):
         assert (run / f).exists(), f
@@ -290,3 +293,11 @@ def test_ctrl_c_prints_the_resume_command(tiny_data, tmp_path):
                          f"continue with: python train.py --resume {last}"), stderr
     assert "Traceback" not in stderr
     assert not list(last.parent.glob("*.tmp"))
+
+
+def test_shown_path_is_relative_under_the_working_directory_only(tmp_path, monkeypatch):
+    from utils.files import shown_path
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "runs" / "exp") == Path("runs/exp")
+    outside = tmp_path.parent / "elsewhere"
+    assert shown_path(outside) == outside

@@ -10,6 +10,15 @@ from utils.cli import UserError, one_line
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 
 
+def shown_path(path):
+    """`path` relative to the working directory when it lies under it (runs/train/exp, as YOLOv5 prints it)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:  # elsewhere: keep it as given
+        return path
+
+
 def increment_path(path, exist_ok=False, sep="", mkdir=False):
     """Return `path` or the next free `path2`, `path3`, ... (runs/train/exp -> runs/train/exp2).
 

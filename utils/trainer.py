@@ -27,7 +27,7 @@ from utils.cli import UserError
 from utils.dataset_yaml import check_dataset
 from utils.datasets import create_dataloader
 from utils.evaluate import evaluate, print_results
-from utils.files import resolve_file, yaml_load, yaml_save
+from utils.files import resolve_file, shown_path, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
@@ -527,6 +527,6 @@ class Trainer:
         if self.logger:
             self.logger.close()
         print(f"Training finished in {self.elapsed / 3600:.3f} hours ({self.elapsed:.0f} s of epochs).\n"
-              f"Final {best if best.exists() else 'model'}: mAP@0.5 {results[2]:.3f}, "
-              f"mAP@0.5:0.95 {results[3]:.3f}\nResults saved to {self.save_dir}")
+              f"Final {shown_path(best) if best.exists() else 'model'}: mAP@0.5 {results[2]:.3f}, "
+              f"mAP@0.5:0.95 {results[3]:.3f}\nResults saved to {shown_path(self.save_dir)}")
         return results
