@@ -248,7 +248,7 @@ def report(times, seen, imgsz, save_dir, save_txt, nosave):
     print(f'Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape (1, 3, {imgsz[0]}, {imgsz[1]})' % t)
     if save_txt or not nosave:
         n = len(list((save_dir / 'labels').glob('*.txt'))) if save_txt else 0
-        extra = f"\n{n} labels saved to {save_dir / 'labels'}" if save_txt else ''
+        extra = f"\n{n} labels saved to {shown_path(save_dir) / 'labels'}" if save_txt else ''
         print(f'Results saved to {shown_path(save_dir)}{extra}')
 
 

@@ -73,7 +73,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % res.times)
     if save_json:
         _report_pycocotools(res, loader.dataset, data, class_map, save_dir, Path(weights).stem, max_det)
-    labels = f"\n{len(list(save_dir.glob('labels/*.txt')))} labels saved to {save_dir / 'labels'}" if save_txt else ""
+    labels = f"\n{len(list(save_dir.glob('labels/*.txt')))} labels saved to {shown_path(save_dir) / 'labels'}" if save_txt else ""
     print(f"Results saved to {shown_path(save_dir)}{labels}")
     return res.as_tuple(), res.maps, res.times
 

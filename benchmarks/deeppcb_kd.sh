@@ -108,8 +108,10 @@ case "$ISSUE" in
   *) die "ISSUE must be 16 or 14, got '$ISSUE'" ;;
 esac
 FIRST_TEACHER="weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt"  # round 1; round 2 starts from it
+SCRATCH_YOLOV5S="--weights '' --cfg yolov5s.yaml"  # how round-1 teachers start
 if [[ "$TEACHER_ROUND" == 2 ]]; then TEACHER="${TEACHER:-weights/deeppcb_teacher2_yolov5s_$PROTOCOL.pt}"
-else TEACHER="${TEACHER:-$FIRST_TEACHER}"; fi
+  TEACHER_START="--weights $FIRST_TEACHER --cfg ''"
+else TEACHER="${TEACHER:-$FIRST_TEACHER}"; TEACHER_START="$SCRATCH_YOLOV5S"; fi
 case "$SSL_TEACHER" in
   full) TEACHER_LAB="${TEACHER_LAB:-$TEACHER}" ;;
   lab) TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}" ;;
@@ -160,9 +162,8 @@ row_spec() {
   [[ "$row" == lab_* ]] && { data="$LAB_DATA"; t="$TEACHER_LAB"; }
   kd="train_distillation.py $(student) --data $data --seed $seed --t_weights $t"  # the defaults; rows add flags
   case "$row" in
-    teacher) if [[ "$TEACHER_ROUND" == 2 ]]; then echo "$TEACHER_EPOCHS train.py --weights $FIRST_TEACHER --cfg '' --data $DATA --seed 0"
-             else echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $DATA --seed 0"; fi ;;
-    teacher_lab) echo "$TEACHER_EPOCHS train.py --weights '' --cfg yolov5s.yaml --data $LAB_DATA --seed 0" ;;
+    teacher) echo "$TEACHER_EPOCHS train.py $TEACHER_START --data $DATA --seed 0" ;;
+    teacher_lab) echo "$TEACHER_EPOCHS train.py $SCRATCH_YOLOV5S --data $LAB_DATA --seed 0" ;;
     base_s*|lab_base_s*) echo "$EPOCHS train.py $(student) --data $data --seed $seed" ;;
     kd_output_s*) echo "$EPOCHS $kd --no-d_kl" ;;
     lab_kd_s*) echo "$EPOCHS $kd" ;;
