@@ -26,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from distill.losses import FEATURE_WEIGHTS
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_NOISE = 0.005
 COLUMNS = ['run', 'teacher', 'student', 'method', 'weights', 'mAP@0.5', 'mAP@0.5:0.95', 'epochs',
@@ -100,9 +102,11 @@ def is_distilled(run):
 
 
 def weights_label(path):
-    """runs/x/teacher/weights/best.pt -> 'teacher'; other files -> their stem."""
+    """runs/x/teacher/weights/best.pt -> 'teacher' (the run's name: every run writes a best.pt); other
+    files -> their stem (../shared/weights/yolov5n.pt -> 'yolov5n')."""
     p = Path(path)
-    return p.parents[1].name if p.parent.name == 'weights' and len(p.parents) > 1 else p.stem
+    in_run = p.name in ('best.pt', 'last.pt') and p.parent.name == 'weights' and len(p.parents) > 1
+    return p.parents[1].name if in_run else p.stem
 
 
 def teacher_label(opt):
@@ -143,7 +147,8 @@ def gains_label(opt):
     if opt.get('d_kl'):
         parts.append(f"a={opt.get('d_alpha', '?')} T={opt.get('d_temperature', '?')}")
     if opt.get('d_feature'):
-        parts.append(f"fw={opt.get('d_feature_weight', '?')}")
+        fw = opt.get('d_feature_weight', '?')  # None: the method's default weight, shown as its value
+        parts.append(f"fw={FEATURE_WEIGHTS.get(opt['d_feature'], '?') if fw is None else fw}")
     return ' '.join(parts) or '-'
 
 
@@ -218,6 +223,13 @@ def baseline_runs(run, runs, explicit):
     return [r for r in runs if not is_distilled(r) and r['opt'] and match_key(r['opt']) == key]
 
 
+def undistilled_role(run, runs, explicit):
+    """'baseline' when a distilled run of the set is measured against this run, else '-' (a teacher
+    trained in the same folder, or a run no distilled run matches)."""
+    serves = any(is_distilled(r) and any(b is run for b in baseline_runs(r, runs, explicit)) for r in runs)
+    return 'baseline' if serves else '-'
+
+
 def compare_with_baseline(run, runs, metric, noise, teacher_map, explicit, kd=None):
     """(delta, verdict text, gap recovered or None, noise note) for one distilled run, or for the value
     `kd` standing for `run` (a seed group's mean)."""
@@ -248,7 +260,7 @@ def build_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, baseli
                'mAP@0.5': best_value(run, 'mAP_0.5'), 'mAP@0.5:0.95': best_value(run, 'mAP_0.5:0.95'),
                'epochs': len(df), 'epochs_planned': opt.get('epochs'),
                'wall time': last_value(df, 'x/elapsed_s'), 'params': params, 'GFLOPs': gflops,
-               'vs baseline': 'baseline', 'gap recovered': None, 'delta': None}
+               'vs baseline': undistilled_role(run, runs, explicit), 'gap recovered': None, 'delta': None}
         if is_distilled(run):
             row['delta'], row['vs baseline'], row['gap recovered'], note = compare_with_baseline(
                 run, runs, metric, noise, teacher_map, explicit)
@@ -286,7 +298,8 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
         first = group[0]
         row = {'group': ','.join(sorted({SEED_SUFFIX.sub('', r['name']) for r in group})),
                'seeds': len(group), 'method': method_label(first['opt']), 'weights': gains_label(first['opt']),
-               'vs baseline': 'baseline', 'gap recovered': None, 'delta': None, 'paired': []}
+               'vs baseline': undistilled_role(first, runs, explicit), 'gap recovered': None, 'delta': None,
+               'paired': []}
         for m in ('mAP_0.5', 'mAP_0.5:0.95'):
             row[m] = mean_and_spread([best_value(r, m) for r in group])
         if is_distilled(first):

@@ -7,15 +7,18 @@
 #   PROTOCOL=gpu ISSUE=14 bash benchmarks/deeppcb_kd.sh       # all issue-14 rows on the GPU
 #   DRY_RUN=1 ... prints the commands only (nothing is trained or written).
 #   COMPARE_ONLY=1 ... writes the tables of the rows finished so far (trains nothing).
+#   PREPARE_ONLY=1 ... writes the data the rows need (tiles, issue-14 split) and stops.
+#   benchmarks/deeppcb_lanes.sh runs rows of both issues side by side on one GPU box.
 #
 # PROTOCOL
 #   cpu  320 px tiles of the 640 images (scripts/deeppcb_tiles.py -> datasets/deeppcb_tiles320): the
 #        defects keep their native resolution. Every row trains on the same fixed random SUBSET
 #        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
 #        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
-#   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, validation each epoch.
+#   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, images cached in RAM,
+#        validated once at the end (--noval, as cpu: no row is picked by its best val epoch).
 #   Schedules (cpu: students 12 epochs (6 proved too short: seeds 0.130-0.197 mAP@0.5:0.95), teacher 40 (~2 min
-#   per teacher epoch on an idle 2-core box); gpu: 50 / 100)
+#   per teacher epoch on an idle 2-core box); gpu: 50 / 100, ~4 / ~8 min per row on one H100 shared by 4 rows)
 #   and their measured costs: docs/BENCHMARKS.md, "DeepPCB protocol". Rows of one EPOCHS share a folder
 #   (runs/deeppcb_<PROTOCOL>_e<EPOCHS>), so schedules never mix; the teacher row is skipped while its
 #   weights file exists (committed for cpu). The protocol fixes data and image size, not the
@@ -77,7 +80,7 @@ case "$PROTOCOL" in
        DEF_IMGSZ=320; DEF_BATCH=16; DEF_WORKERS=2; DEF_DEVICE=cpu; DEF_EXTRA="--noplots --noval"
        DEF_EPOCHS=12; DEF_TEACHER_EPOCHS=40 ;;
   gpu) TILE=640; TILES="datasets/deeppcb_640"; SUBSET="${SUBSET:-0}"
-       DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA=""
+       DEF_IMGSZ=640; DEF_BATCH=64; DEF_WORKERS=8; DEF_DEVICE=0; DEF_EXTRA="--noplots --noval --cache ram"
        DEF_EPOCHS=50; DEF_TEACHER_EPOCHS=100 ;;
   *) die "PROTOCOL must be cpu or gpu, got '$PROTOCOL'" ;;
 esac
@@ -282,6 +285,8 @@ main() {
   echo "DeepPCB protocol $PROTOCOL, issue $ISSUE -> $PROJECT (students $EPOCHS epochs, teacher $TEACHER_EPOCHS)"
   if [[ "${COMPARE_ONLY:-0}" == 1 ]]; then  # the tables of the rows finished so far; nothing is trained
     compare_runs
+  elif [[ "${PREPARE_ONLY:-0}" == 1 ]]; then
+    prepare_data
   else
     rows="$(selected_rows)" || exit 2
     prepare_data

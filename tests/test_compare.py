@@ -78,8 +78,22 @@ def test_baseline_verdicts_and_gap_recovered(runs):
     assert rows['kd_noise']['vs baseline'].startswith('within noise')
     assert rows['kd_other_size']['vs baseline'] == 'no baseline'  # imgsz differs: nothing to match
     assert rows['base_s0']['vs baseline'] == 'baseline'
+    assert rows['teacher']['vs baseline'] == '-'  # trained beside the students, compared with nothing
     md = compare.to_markdown(list(rows.values()))
     assert '+50%' in md and '-25%' in md and 'LOST -0.025' in md
+
+
+def test_student_label_of_an_official_checkpoint(runs):
+    """A checkpoint outside a run folder is named by its stem, a run's best.pt by its run."""
+    assert compare.weights_label('../shared/weights/yolov5n.pt') == 'yolov5n'
+    assert compare.weights_label('runs/sweep/teacher/weights/best.pt') == 'teacher'
+    assert compare.student_label({'cfg': '', 'weights': '/data/shared/weights/yolov5n.pt'}) == 'yolov5n'
+
+
+def test_default_feature_weight_is_shown_as_its_value():
+    from distill.losses import FEATURE_WEIGHTS
+    opt = {'t_weights': ['t.pt'], 'd_output': False, 'd_feature': 'cwd', 'd_feature_weight': None}
+    assert compare.gains_label(opt) == f"fw={FEATURE_WEIGHTS['cwd']}"
 
 
 def test_noise_and_teacher_map_overrides(runs):

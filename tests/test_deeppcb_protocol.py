@@ -181,6 +181,14 @@ def test_row_selection(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_prepare_only_writes_the_data_and_trains_nothing(tmp_path):
+    r = run_script(tmp_path, ISSUE='14', PREPARE_ONLY='1')
+    assert r.returncode == 0, r.stderr
+    assert 'deeppcb_tiles.py' in r.stdout and '--labelled-fraction 0.5' in r.stdout
+    assert planned(r.stdout) == {} and 'compare.py' not in r.stdout
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_teacher_round_2_trains_the_committed_teacher_further(tmp_path):
     r = run_script(tmp_path, TEACHER_ROUND='2', TEACHER='t2.pt')  # t2.pt: not trained yet
     assert r.returncode == 0, r.stderr
