@@ -12,6 +12,7 @@
 # call with ISSUE and ROW set, so its command, folder and skip/resume rules are that script's; every other
 # setting (PROTOCOL, EPOCHS, WORKERS, EXTRA, TEACHER, ...) passes through the environment. Lane output:
 # <STATE>/lane<k>.log. At the end, the tables of both issues (COMPARE_ONLY=1).
+# Rows wait for TEACHER only: with SSL_TEACHER=lab, run teacher_lab first (deeppcb_kd.sh ROW=teacher_lab).
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
