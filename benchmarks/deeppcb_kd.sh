@@ -8,6 +8,7 @@
 #   DRY_RUN=1 ... prints the commands only (nothing is trained or written).
 #   COMPARE_ONLY=1 ... writes the tables of the rows finished so far (trains nothing).
 #   PREPARE_ONLY=1 ... writes the data the rows need (tiles, issue-14 split) and stops.
+#   NEEDS_ONLY=1 ... prints, per selected row, the teacher file it starts from (an empty line: none).
 #   benchmarks/deeppcb_lanes.sh runs rows of both issues side by side on one GPU box.
 #
 # PROTOCOL
@@ -280,8 +281,20 @@ compare_runs() {
   done
 }
 
+# NEEDS_ONLY: the teacher file of each selected row, read from the row's own command (deeppcb_lanes.sh waits for it)
+print_needs() {
+  local rows row spec epochs script flags
+  rows="$(selected_rows)" || exit 2
+  for row in $rows; do
+    spec="$(row_spec "$row")" || exit 2
+    read -r epochs script flags <<< "$spec"
+    echo "$(teacher_needed "$row" "$script" "$flags")"
+  done
+}
+
 main() {
   local rows row
+  [[ "${NEEDS_ONLY:-0}" == 1 ]] && { print_needs; return; }
   echo "DeepPCB protocol $PROTOCOL, issue $ISSUE -> $PROJECT (students $EPOCHS epochs, teacher $TEACHER_EPOCHS)"
   if [[ "${COMPARE_ONLY:-0}" == 1 ]]; then  # the tables of the rows finished so far; nothing is trained
     compare_runs

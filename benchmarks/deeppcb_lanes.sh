@@ -12,7 +12,8 @@
 # call with ISSUE and ROW set, so its command, folder and skip/resume rules are that script's; every other
 # setting (PROTOCOL, EPOCHS, WORKERS, EXTRA, TEACHER, ...) passes through the environment. Lane output:
 # <STATE>/lane<k>.log. At the end, the tables of both issues (COMPARE_ONLY=1).
-# Rows wait for TEACHER only: with SSL_TEACHER=lab, run teacher_lab first (deeppcb_kd.sh ROW=teacher_lab).
+# The teacher file a row waits for is the one its own command reads (deeppcb_kd.sh NEEDS_ONLY=1); a failed
+# teacher row drops every row still waiting.
 set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -31,9 +32,6 @@ STATE="${STATE:-runs/deeppcb_lanes_$PROTOCOL}"
 workers=$(( $(nproc) / LANES - 1 )); export WORKERS="${WORKERS:-$(( workers > 1 ? workers : 1 ))}"
 KD="${KD_SCRIPT:-bash benchmarks/deeppcb_kd.sh}"  # tests put a recorder here
 
-# rows that train without a teacher
-needs_teacher() { [[ "$1" != teacher && "$1" != base_s* && "$1" != lab_base_s* && "$1" != teacher_lab ]]; }
-
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   for row in $QUEUE_16; do ISSUE=16 ROW="$row" $KD | grep -v '^DeepPCB'; done
   for row in $QUEUE_14; do ISSUE=14 ROW="$row" $KD | grep -v '^DeepPCB'; done
@@ -49,20 +47,21 @@ rm -f "$STATE/teacher.failed"
 # the first line of the queue, removed under a lock
 next_row() { flock "$QUEUE.lock" bash -c 'head -n 1 "$0"; sed -i 1d "$0"' "$QUEUE"; }
 
-wait_for_teacher() {
-  until [[ -f "$TEACHER" ]]; do
+wait_for() {
+  until [[ -f "$1" ]]; do
     [[ -f "$STATE/teacher.failed" ]] && return 1
     sleep 5
   done
 }
 
 lane() {
-  local line issue row
+  local line issue row need
   while line="$(next_row)" && [[ -n "$line" ]]; do
     read -r issue row <<< "$line"
-    if needs_teacher "$row" && ! wait_for_teacher; then echo "== $row: dropped, the teacher failed"; continue; fi
+    need="$(ISSUE="$issue" ROW="$row" NEEDS_ONLY=1 $KD)" || { echo "== $row: unknown row, skipped"; continue; }
+    if [[ -n "$need" ]] && ! wait_for "$need"; then echo "== $row: dropped, the teacher failed"; continue; fi
     echo "== $(date +%T) $issue $row"
-    ISSUE="$issue" ROW="$row" $KD || { [[ "$row" == teacher ]] && touch "$STATE/teacher.failed"; }
+    ISSUE="$issue" ROW="$row" $KD || { [[ "$row" == teacher* ]] && touch "$STATE/teacher.failed"; }
   done
   echo "== $(date +%T) lane done"
 }

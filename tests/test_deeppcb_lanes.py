@@ -7,11 +7,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LANES = ROOT / 'benchmarks' / 'deeppcb_lanes.sh'
 
-# Logs "<issue> <row> <teacher present: 0/1>" (or the mode) and plays the teacher row: it writes the
-# teacher file after a pause, so rows that need it must have waited.
+# Logs "<issue> <row> <teacher present: 0/1>" (or the mode), names TEACHER as the file kd_* rows need, and
+# plays the teacher row: it writes the teacher file after a pause, so rows that need it must have waited.
 RECORDER = r'''#!/usr/bin/env bash
 if [[ "${COMPARE_ONLY:-0}" == 1 ]]; then echo "compare $ISSUE" >> "$CALLS"; exit 0; fi
 if [[ "${PREPARE_ONLY:-0}" == 1 ]]; then echo "prepare $ISSUE" >> "$CALLS"; exit 0; fi
+if [[ "${NEEDS_ONLY:-0}" == 1 ]]; then [[ "$ROW" == kd_* ]] && echo "$TEACHER"; exit 0; fi
 echo "$ISSUE $ROW $([[ -f "$TEACHER" ]] && echo 1 || echo 0)" >> "$CALLS"
 if [[ "$ROW" == teacher ]]; then
   sleep 4  # lanes start 2 s apart: the second lane's baseline begins before the teacher is written

@@ -189,6 +189,18 @@ def test_prepare_only_writes_the_data_and_trains_nothing(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_needs_only_names_the_teacher_file_each_row_reads(tmp_path):
+    r = run_script(tmp_path, NEEDS_ONLY='1', TEACHER='t.pt', ROW='base_s0 kd_kl_s0 teacher')
+    assert r.returncode == 0 and r.stdout.splitlines() == ['', 't.pt', '']
+    round2 = run_script(tmp_path, NEEDS_ONLY='1', TEACHER_ROUND='2', ROW='teacher').stdout
+    assert round2.splitlines() == ['weights/deeppcb_teacher_yolov5s_cpu.pt']  # it trains the round-1 file further
+    lab = run_script(tmp_path, NEEDS_ONLY='1', ISSUE='14', SSL_TEACHER='lab', ROW='lab_base_s0 lab_kd_s0').stdout
+    assert lab.splitlines() == ['', 'weights/deeppcb_teacher_lab_yolov5s_cpu.pt']
+    bad = run_script(tmp_path, NEEDS_ONLY='1', ROW='kd_typo')
+    assert bad.returncode == 2 and "unknown row 'kd_typo'" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 def test_teacher_round_2_trains_the_committed_teacher_further(tmp_path):
     r = run_script(tmp_path, TEACHER_ROUND='2', TEACHER='t2.pt')  # t2.pt: not trained yet
     assert r.returncode == 0, r.stderr
