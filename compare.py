@@ -6,19 +6,23 @@ Usage:
     python compare.py runs/train/exp* --csv table.csv --metric mAP_0.5
     python compare.py runs/sweep_demo --teacher-map 0.412 --noise 0.01
     python compare.py runs/deeppcb_cpu --seeds          # + mean and spread of runs differing only in seed
+    python compare.py runs/deeppcb_cpu_e12 --val full640  # metrics of benchmarks/revalidate.py --name full640
 Each run folder needs results.csv and opt.yaml (as train.py / train_distillation.py write them);
 params and GFLOPs come from weights/best.pt (or last.pt) when present.
 
 A distilled run (opt.yaml has t_weights) is compared with its matching baselines: train.py runs with
 the same data, student (cfg and initial weights), epochs and image size. `vs baseline` is the
 distilled run's best metric minus the mean of the baselines' best; beyond the noise (--noise, else
-the max-min spread of >= 2 matching baselines, else 0.005) a loss is flagged LOST.
+the max-min spread of >= 2 matching baselines, else 0.005) a loss is flagged LOST. With --val NAME every
+metric comes from <run>/val_NAME.json (the same weights validated again by benchmarks/revalidate.py, e.g. on
+other images or at another size) instead of results.csv.
 `gap recovered` = (kd - baseline) / (teacher - baseline), with the teacher's metric from
 --teacher-map or from a run in the set whose weights/best.pt is the distilled run's t_weights.
 """
 import argparse
 import csv
 import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -68,8 +72,19 @@ def read_opt(run_dir):
         return yaml.safe_load(f) or {}
 
 
-def load_runs(dirs):
-    runs = [{'dir': d, 'opt': read_opt(d), 'results': read_results(d)} for d in dirs]
+def read_val(run_dir, name):
+    """The metrics benchmarks/revalidate.py --name NAME measured for this run."""
+    file = run_dir / f'val_{name}.json'
+    if not file.is_file():
+        raise FileNotFoundError(f'{file} not found: run python benchmarks/revalidate.py {run_dir} --data DATA '
+                                f'--name {name} first, or drop --val')
+    return json.loads(file.read_text())
+
+
+def load_runs(dirs, val=None):
+    """Each run's opt and results; with val, also the metrics of its val_<val>.json (they then rule)."""
+    runs = [{'dir': d, 'opt': read_opt(d), 'results': read_results(d), 'val': read_val(d, val) if val else None}
+            for d in dirs]
     names = [r['dir'].name for r in runs]
     for r in runs:  # two sweeps can both hold 'exp': then show parent/name
         r['name'] = r['dir'].name if names.count(r['dir'].name) == 1 else f"{r['dir'].parent.name}/{r['dir'].name}"
@@ -86,6 +101,8 @@ def metric_column(df_columns, metric):
 
 
 def best_value(run, metric):
+    if run.get('val') is not None:  # one validation of the final weights, not a per-epoch column
+        return run['val'].get(metric.replace('metrics/', ''))
     col = metric_column(run['results'].columns, metric)
     values = pd.to_numeric(run['results'][col], errors='coerce').dropna()
     return float(values.max()) if len(values) else None
@@ -429,21 +446,27 @@ def plot_curves(runs, metric, file):
 
 # ----------------------------------------------------------------------------- CLI
 def run(runs=(), csv_file=None, md=None, plot=None, metric='mAP_0.5:0.95', baseline=None, noise=None,
-        teacher_map=None, costs=True, seeds=False):
+        teacher_map=None, costs=True, seeds=False, val=None):
     """Print the table; optionally write CSV / Markdown / plot. Returns the table rows."""
     if noise is not None and noise < 0:
         raise ValueError(f'--noise must be >= 0, got {noise}')
-    loaded = load_runs(find_runs(runs or [ROOT / 'runs' / 'train']))
-    for r in loaded:
-        metric_column(r['results'].columns, metric)  # fail early with the list of choices
+    loaded = load_runs(find_runs(runs or [ROOT / 'runs' / 'train']), val)
+    for r in loaded:  # fail early with the list of choices
+        if val and metric.replace('metrics/', '') not in r['val']:
+            raise ValueError(f'--metric {metric} is not in {r["dir"]}/val_{val}.json; choose from '
+                             f'{[k for k, v in r["val"].items() if isinstance(v, float)]}')
+        if not val:
+            metric_column(r['results'].columns, metric)
     rows, notes = build_rows(loaded, metric, noise, teacher_map, baseline, costs)
     table = to_markdown(rows)
     print(table)
+    source = f'{metric} of val_{val}.json' if val else f'best {metric}'
     if notes:
-        print(f'\nvs baseline / gap recovered use best {metric}:\n' + '\n'.join(f'  {n}' for n in notes))
+        print(f'\nvs baseline / gap recovered use {source}:\n' + '\n'.join(f'  {n}' for n in notes))
     if seeds:
         group_table = groups_to_markdown(build_group_rows(loaded, metric, noise, teacher_map, baseline))
-        print(f'\nSeed groups (mean ± spread = max - min of the best values; vs baseline on {metric}):\n'
+        values = f'values of val_{val}.json' if val else 'best values'
+        print(f'\nSeed groups (mean ± spread = max - min of the {values}; vs baseline on {metric}):\n'
               + group_table)
         table += '\n\n' + group_table
     if md:
@@ -470,6 +493,8 @@ def parse_opt(argv=None):
     p.add_argument('--seeds', action='store_true',
                    help='also one row per group of runs that differ only in seed: mean and spread, and '
                         'the mean difference to the baseline of the same seed')
+    p.add_argument('--val', metavar='NAME', help='metrics from each run\'s val_NAME.json (benchmarks/revalidate.py) '
+                                                 'instead of results.csv')
     p.add_argument('--no-costs', dest='costs', action='store_false', help='skip params/GFLOPs (no checkpoint reads)')
     return p.parse_args(argv)
 

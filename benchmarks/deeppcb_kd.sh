@@ -15,7 +15,9 @@
 #   cpu  320 px tiles of the 640 images (scripts/deeppcb_tiles.py -> datasets/deeppcb_tiles320): the
 #        defects keep their native resolution. Every row trains on the same fixed random SUBSET
 #        [1000] of the 4,000 train tiles and is validated on all 2,000 val tiles once, at the end
-#        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu.
+#        (--noval: per-epoch validation would cost as much as training); batch 16, 2 workers, cpu. The
+#        tables are written twice: on the tiles, and on the 500 full 640-px val images (the same weights
+#        validated again by benchmarks/revalidate.py: no defect cut by a tile border; the gpu metric).
 #   gpu  the 640 images from ../shared directly; batch 64, 8 workers, device 0, images cached in RAM,
 #        validated once at the end (--noval, as cpu: no row is picked by its best val epoch).
 #   Schedules (cpu: students 12 epochs (6 proved too short: seeds 0.130-0.197 mAP@0.5:0.95), teacher 40 (~2 min
@@ -48,10 +50,14 @@
 #   SSL_TEACHER [full]: full = the issue-16 teacher (trained on every label of the training set,
 #   unlabelled half included; the issue allows it, and it costs nothing more), lab = teacher_lab, a
 #   yolov5s trained on the labelled half only (row teacher_lab, first in the list).
-# TEACHER_ROUND [1] (issue 16): 2 = a stronger teacher without a GPU: row teacher trains the round-1 teacher
+# TEACHER_ROUND [1]: 2 (issue 16) = a stronger teacher without a GPU: row teacher trains the round-1 teacher
 #   TEACHER_EPOCHS [30] more epochs (a second LR cycle from its weights, --cfg '': its own anchors) into
 #   weights/deeppcb_teacher2_yolov5s_<PROTOCOL>.pt; KD rows use it in <PROJECT16>_t2; the baselines need no
 #   teacher, so round 2 lists none and its tables read them from <PROJECT16> (runs/deeppcb_<PROTOCOL>_e<EPOCHS>).
+#   gpu (PROTOCOL=cpu, both issues) = the gpu protocol's committed teacher (yolov5s, 100 epochs at 640 on all
+#   1,000 images: weights/deeppcb_teacher_yolov5s_gpu.pt) on the cpu tiles, which keep the native resolution
+#   it was trained at; nothing to train. KD rows go to <PROJECT16>_tgpu (issue 14: <PROJECT16>_ssl_tgpu); the
+#   baselines (base_s*, lab_base_s*) are not listed again and the tables read them from the round-1 folders.
 # Other settings: SHARED [../shared]  PROJECT [runs/deeppcb_<PROTOCOL>_e<EPOCHS>(_ssl)]  SUBSET  DATA  IMGSZ  BATCH
 #   WORKERS  DEVICE  EXTRA  STUDENT  TEACHER  TEACHER_LAB  OFF_LAST [max(1, EPOCHS/10)]  PYTHON
 # A row whose results.csv has its epochs is skipped; an interrupted one resumes from its last.pt.
@@ -89,7 +95,8 @@ case "$TEACHER_ROUND" in
   1) ;;
   2) [[ "$ISSUE" == 16 ]] || die "TEACHER_ROUND=2 is for ISSUE=16 (issue 14 rows use the round-1 teacher)"
      DEF_TEACHER_EPOCHS=30 ;;
-  *) die "TEACHER_ROUND must be 1 or 2, got '$TEACHER_ROUND'" ;;
+  gpu) [[ "$PROTOCOL" == cpu ]] || die "TEACHER_ROUND=gpu is for PROTOCOL=cpu (the gpu protocol's own teacher)" ;;
+  *) die "TEACHER_ROUND must be 1, 2 or gpu, got '$TEACHER_ROUND'" ;;
 esac
 [[ "$SUBSET" =~ ^[0-9]+$ ]] || die "SUBSET must be a number of tiles (0 = all), got '$SUBSET'"
 # names scripts/deeppcb_tiles.py gives its outputs (--train-subset N, --labelled-fraction 0.5 --split-seed 0)
@@ -107,18 +114,21 @@ OFF_LAST="${OFF_LAST:-$(( EPOCHS / 10 > 1 ? EPOCHS / 10 : 1 ))}"
 HALF_EPOCHS=$(( EPOCHS / 2 > 1 ? EPOCHS / 2 : 1 ))
 PROJECT16="runs/deeppcb_${PROTOCOL}_e$EPOCHS"  # one folder per schedule: rows of different epochs never mix
 case "$ISSUE" in
-  16) PROJECT="${PROJECT:-$PROJECT16$( [[ "$TEACHER_ROUND" == 2 ]] && echo _t2)}" ;;
-  14) PROJECT="${PROJECT:-${PROJECT16}_ssl}" ;;
+  16) PROJECT="${PROJECT:-$PROJECT16$( [[ "$TEACHER_ROUND" != 1 ]] && echo "_t$TEACHER_ROUND")}" ;;  # _t2, _tgpu
+  14) PROJECT="${PROJECT:-${PROJECT16}_ssl$( [[ "$TEACHER_ROUND" == gpu ]] && echo _tgpu)}" ;;
   *) die "ISSUE must be 16 or 14, got '$ISSUE'" ;;
 esac
 FIRST_TEACHER="weights/deeppcb_teacher_yolov5s_$PROTOCOL.pt"  # round 1; round 2 starts from it
 SCRATCH_YOLOV5S="--weights '' --cfg yolov5s.yaml"  # how round-1 teachers start
 if [[ "$TEACHER_ROUND" == 2 ]]; then TEACHER="${TEACHER:-weights/deeppcb_teacher2_yolov5s_$PROTOCOL.pt}"
   TEACHER_START="--weights $FIRST_TEACHER --cfg ''"
+elif [[ "$TEACHER_ROUND" == gpu ]]; then TEACHER="${TEACHER:-weights/deeppcb_teacher_yolov5s_gpu.pt}"
+  TEACHER_START=""
 else TEACHER="${TEACHER:-$FIRST_TEACHER}"; TEACHER_START="$SCRATCH_YOLOV5S"; fi
 case "$SSL_TEACHER" in
   full) TEACHER_LAB="${TEACHER_LAB:-$TEACHER}" ;;
-  lab) TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}" ;;
+  lab) [[ "$TEACHER_ROUND" == 1 ]] || die "SSL_TEACHER=lab trains its own teacher: use it with TEACHER_ROUND=1"
+       TEACHER_LAB="${TEACHER_LAB:-weights/deeppcb_teacher_lab_yolov5s_$PROTOCOL.pt}" ;;
   *) die "SSL_TEACHER must be full or lab, got '$SSL_TEACHER'" ;;
 esac
 UNLABELLED="$TILES/images/unlabelled_$SPLIT"
@@ -129,7 +139,7 @@ done
 
 rows_16() {
   local s m
-  echo teacher
+  [[ "$TEACHER_ROUND" == gpu ]] || echo teacher  # the gpu teacher is trained by PROTOCOL=gpu only
   [[ "$TEACHER_ROUND" == 1 ]] && for s in $BASE_SEEDS; do echo "base_s$s"; done
   for m in output kl mse cosine cwd off_last cwd_w1; do for s in $KD_SEEDS; do echo "kd_${m}_s$s"; done; done
   for m in $D_WEIGHTS; do for s in $KD_SEEDS; do echo "kd_w${m}_s$s"; done; done
@@ -137,7 +147,7 @@ rows_16() {
 rows_14() {
   local s m
   [[ "$SSL_TEACHER" == lab ]] && echo teacher_lab
-  for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
+  [[ "$TEACHER_ROUND" == 1 ]] && for s in $BASE_SEEDS; do echo "lab_base_s$s"; done
   for m in kd unlab_kd unlab_pseudo kd_2x unlab_kd_half unlab_pseudo_half; do for s in $KD_SEEDS; do echo "lab_${m}_s$s"; done; done
 }
 
@@ -265,20 +275,34 @@ run_row() {
   [[ -z "$weights" ]] || save_teacher "$dir" "$weights" || FAILED+=("$row")
 }
 
-# Tables for both metrics; the teacher's value comes from the json written beside its weights.
+# Tables of runs for both metrics (compare_<val>mAP_*.md); the teacher's value comes from a json beside its
+# weights; val: '' = each run's own final validation (results.csv), else revalidate.py's val_<val>.json.
+tables() {
+  local runs="$1" json="$2" val="$3" metric tm tag
+  for metric in mAP_0.5:0.95 mAP_0.5; do
+    tm="" tag="${val:+${val}_}${metric//[.:]/}"  # mAP_0595, full640_mAP_05
+    [[ -f "$json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('$json'))['$metric'])")"
+    run "$PYTHON compare.py $runs --seeds --metric $metric $tm ${val:+--val $val }--md $PROJECT/compare_$tag.md \
+--csv $PROJECT/compare_$tag.csv" || FAILED+=("compare $tag")
+  done
+}
+
 compare_runs() {
-  local t="$TEACHER" runs="$PROJECT" metric tm tag
+  local t="$TEACHER" runs="$PROJECT"
   [[ "$ISSUE" == 14 ]] && { t="$TEACHER_LAB"; runs="$PROJECT $PROJECT16/base_s*"; }
-  [[ "$TEACHER_ROUND" == 2 ]] && runs="$PROJECT $PROJECT16/base_s*"  # baselines need no teacher
+  [[ "$TEACHER_ROUND" != 1 ]] && runs="$PROJECT $PROJECT16/base_s*"  # baselines need no teacher: round 1's
+  [[ "$TEACHER_ROUND" == gpu && "$ISSUE" == 14 ]] && runs="$runs ${PROJECT16}_ssl/lab_base_s*"
   echo "== compare"
   teacher_metrics "$t" || FAILED+=("teacher metrics")
-  local json="${t%.pt}_val_$PROTOCOL.json"
-  for metric in mAP_0.5:0.95 mAP_0.5; do
-    tm="" tag="${metric//[.:]/}"  # mAP_0595, mAP_05
-    [[ -f "$json" ]] && tm="--teacher-map $($PYTHON -c "import json; print(json.load(open('$json'))['$metric'])")"
-    run "$PYTHON compare.py $runs --seeds --metric $metric $tm --md $PROJECT/compare_$tag.md --csv $PROJECT/compare_$tag.csv" \
-      || FAILED+=("compare $metric")
-  done
+  tables "$runs" "${t%.pt}_val_$PROTOCOL.json" ""
+  [[ "$PROTOCOL" == cpu ]] || return 0
+  # The same weights on the 500 full 640-px val images: tiles cut the defects on their borders, and the
+  # tile metric ranks models differently (docs/BENCHMARKS.md, session 10); this is the gpu protocol's metric.
+  echo "== full-image validation"
+  local teacher_file=""; [[ -f "$t" || "$DRY_RUN" == 1 ]] && teacher_file="$t"
+  run "$PYTHON benchmarks/revalidate.py $runs $teacher_file --data $SHARED/datasets/deeppcb/deeppcb.yaml \
+--imgsz 640 --name full640 --device $DEVICE --workers $WORKERS" || { FAILED+=("full-image validation"); return 0; }
+  tables "$runs" "${t%.pt}_val_full640.json" full640
 }
 
 # NEEDS_ONLY: the teacher file of each selected row, read from the row's own command (deeppcb_lanes.sh waits for it)

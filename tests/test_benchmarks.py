@@ -37,3 +37,34 @@ def test_bench_speed_prints_one_table_with_every_row(tiny_data, capsys):
     assert rows[2][3] == floor_student and rows[3][3] == floor_distill  # step rows are set against the floor
     table = capsys.readouterr().out.split("| measurement |", 1)[1].splitlines()
     assert len(table) == 2 + len(expected)  # rest of the header, its rule, one line per row: one table
+
+
+def test_revalidate_keeps_val_metrics_of_runs_and_weights_files(tiny_data, tmp_path):
+    """revalidate.py writes the metrics val.run gives for the same weights, beside a run or a .pt, once."""
+    import json
+
+    import revalidate
+    import val
+    from models.checkpoint import model_checkpoint_fields, save_checkpoint
+    from models.yolo import Model
+    from utils.synthetic import CLASS_NAMES
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    run = tmp_path / "sweep" / "base_s0"
+    (run / "weights").mkdir(parents=True)
+    (run / "results.csv").write_text("epoch,metrics/mAP_0.5\n0,0.1\n")
+    pt = tmp_path / "teacher.pt"
+    save_checkpoint(run / "weights" / "best.pt", model_checkpoint_fields(Model("yolov5n.yaml", nc=len(CLASS_NAMES))))
+    save_checkpoint(pt, model_checkpoint_fields(Model("yolov5n.yaml", nc=len(CLASS_NAMES))))
+    kw = dict(data=str(tiny_data), imgsz=64, batch_size=4, device="cpu", workers=0)
+    done = revalidate.run([tmp_path / "sweep", pt], name="at64", **kw)
+    assert done == [tmp_path / "teacher_val_at64.json", run / "val_at64.json"]
+    got = json.loads((run / "val_at64.json").read_text())
+    (p, r, map50, map5095, *_), _, _ = val.run(weights=str(run / "weights" / "best.pt"), half=False, plots=False,
+                                               project=tmp_path / "val", **kw)
+    assert (got["mAP_0.5"], got["mAP_0.5:0.95"], got["precision"], got["recall"]) == (map50, map5095, p, r)
+    assert got["imgsz"] == 64 and got["weights"].endswith("best.pt")
+    assert revalidate.run([tmp_path / "sweep", pt], name="at64", **kw) == []  # kept: not measured twice
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        revalidate.targets([tmp_path / "missing.pt"], "at64")

@@ -187,3 +187,24 @@ def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, 
     out = capsys.readouterr().out
     assert 'Seed groups' in out and '| kd_good ' in out and '0.260 ± 0.010' in out
     assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
+
+
+def test_val_metrics_replace_results_csv(runs):
+    """--val NAME: every metric (table, verdicts, gap, seed groups) comes from <run>/val_NAME.json."""
+    import json
+    values = {'base_s0': 0.30, 'base_s1': 0.34, 'teacher': 0.50, 'kd_good': 0.41, 'kd_lost': 0.20,
+              'kd_noise': 0.33, 'kd_other_size': 0.6}
+    for name, v in values.items():
+        (runs / name / 'val_full.json').write_text(json.dumps({'mAP_0.5': 2 * v, 'mAP_0.5:0.95': v, 'imgsz': 640}))
+    rows = by_run(compare.run([runs], costs=False, val='full'))
+    assert rows['base_s1']['mAP@0.5:0.95'] == 0.34 and rows['kd_good']['mAP@0.5'] == 0.82
+    assert rows['kd_good']['delta'] == pytest.approx(0.09) and rows['kd_good']['vs baseline'] == '+0.090'
+    assert rows['kd_good']['gap recovered'] == pytest.approx(0.09 / 0.18)  # teacher 0.50 from its own json
+    assert rows['kd_lost']['vs baseline'] == 'LOST -0.120' and rows['kd_noise']['vs baseline'].startswith('within')
+    groups = {r['group']: r for r in compare.build_group_rows(compare.load_runs(compare.find_runs([runs]), 'full'))}
+    assert groups['base']['mAP_0.5:0.95'] == pytest.approx((0.32, 0.04))
+    with pytest.raises(ValueError, match='not in .*val_full.json'):
+        compare.run([runs], costs=False, val='full', metric='train/box_loss')
+    (runs / 'kd_lost' / 'val_full.json').unlink()
+    with pytest.raises(FileNotFoundError, match='revalidate.py'):
+        compare.run([runs], costs=False, val='full')

@@ -119,7 +119,7 @@ def planned(stdout):
     """{row: the command line under its '== row' header}"""
     lines = stdout.splitlines()
     return {ln.split()[1]: lines[i + 1].strip() for i, ln in enumerate(lines)
-            if ln.startswith('== ') and ln.split()[1] not in ('data', 'compare', 'pseudo-labels')}
+            if ln.startswith('== ') and ln.split()[1] not in ('data', 'compare', 'full-image', 'pseudo-labels')}
 
 
 @pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
@@ -141,13 +141,18 @@ def test_dry_run_prints_one_command_per_row_and_runs_nothing(tmp_path):
     assert sum('--no-d_kl' in c for c in rows.values()) == 4
     assert all('--imgsz 320' in c and '--device cpu' in c and '--epochs' in c for c in rows.values())
     assert 'tiles320_sub1000_s0.yaml' in rows['base_s0'] and '--epochs 30' in rows['base_s0']
-    assert r.stdout.count('compare.py') == 2
+    assert r.stdout.count('compare.py') == 4  # both metrics on the tiles, then on the full 640-px images
+    assert f"benchmarks/revalidate.py {tmp_path / 'runs'} t.pt --data {tmp_path / 'shared'}/datasets/deeppcb/" \
+           "deeppcb.yaml --imgsz 640 --name full640" in r.stdout  # the runs and the teacher, validated again
+    assert '--val full640 --md' in r.stdout and '--teacher-map' not in r.stdout  # no teacher json yet
     assert not (tmp_path / 'runs').exists()
     default = run_script(tmp_path, PROJECT=None, EPOCHS='97', ROW='teacher base_s0').stdout  # no such runs here
     assert '--project runs/deeppcb_cpu_e97 ' in planned(default)['base_s0']  # one folder per schedule
     assert '== teacher: weights/deeppcb_teacher_yolov5s_cpu.pt exists, skipping' in default  # the committed one
 
-    gpu = planned(run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout)
+    gpu_out = run_script(tmp_path, PROTOCOL='gpu', ISSUE='14').stdout
+    assert 'revalidate.py' not in gpu_out and gpu_out.count('compare.py') == 2  # already on the full images
+    gpu = planned(gpu_out)
     assert list(gpu) == ['lab_base_s0', 'lab_base_s1', 'lab_base_s2', 'lab_kd_s0', 'lab_kd_s1', 'lab_unlab_kd_s0',
                          'lab_unlab_kd_s1', 'lab_unlab_pseudo_s0', 'lab_unlab_pseudo_s1', 'lab_kd_2x_s0', 'lab_kd_2x_s1',
                          'lab_unlab_kd_half_s0', 'lab_unlab_kd_half_s1', 'lab_unlab_pseudo_half_s0',
@@ -222,3 +227,21 @@ def test_teacher_round_2_trains_the_committed_teacher_further(tmp_path):
     csv.write_text('epoch\n' + ''.join(f'{e}\n' for e in range(30)))
     done = run_script(tmp_path, TEACHER_ROUND='2', TEACHER='t2.pt', ROW='teacher').stdout
     assert '== teacher: done (30 epochs), skipping' in done and "/teacher/weights/best.pt', 't2.pt'" in done
+
+
+@pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+def test_teacher_round_gpu_distils_from_the_gpu_teacher_on_the_tiles(tmp_path):
+    r = run_script(tmp_path, TEACHER_ROUND='gpu', PROJECT=None, EPOCHS='97')  # no runs of that schedule here
+    assert r.returncode == 0, r.stderr
+    rows = planned(r.stdout)
+    assert list(rows)[:2] == ['kd_output_s0', 'kd_output_s1']  # nothing to train first, no baselines again
+    assert all('--t_weights weights/deeppcb_teacher_yolov5s_gpu.pt' in c and '--imgsz 320' in c for c in rows.values())
+    assert '--project runs/deeppcb_cpu_e97_tgpu ' in rows['kd_kl_s0']
+    assert 'compare.py runs/deeppcb_cpu_e97_tgpu runs/deeppcb_cpu_e97/base_s* --seeds' in r.stdout
+    ssl = run_script(tmp_path, TEACHER_ROUND='gpu', ISSUE='14', PROJECT=None, EPOCHS='97')
+    assert list(planned(ssl.stdout))[0] == 'lab_kd_s0'  # the labelled-half baselines are round 1's
+    assert '--project runs/deeppcb_cpu_e97_ssl_tgpu ' in planned(ssl.stdout)['lab_unlab_pseudo_s1']
+    assert 'runs/deeppcb_cpu_e97/base_s* runs/deeppcb_cpu_e97_ssl/lab_base_s* --seeds' in ssl.stdout
+    for bad in (dict(PROTOCOL='gpu'), dict(ISSUE='14', SSL_TEACHER='lab')):
+        b = run_script(tmp_path, TEACHER_ROUND='gpu', **bad)
+        assert b.returncode == 2 and 'TEACHER_ROUND' in b.stderr
