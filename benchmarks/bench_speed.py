@@ -218,7 +218,9 @@ def bench_val(a, source_yaml, weights, work):
         folder.mkdir(exist_ok=True)
         yaml_path = replicated_dataset(source_yaml, a.batch, n, folder)
         times.append(run_val(a, yaml_path, weights, folder))
-    return (long_ - short) / max(times[1] - times[0], 1e-9)
+    extra = times[1] - times[0]
+    # at tiny sizes start-up noise can exceed the extra work: no rate is better than a huge false one
+    return (long_ - short) / extra if extra > 0 else float('nan')
 
 
 # ---------------------------------------------------------------- FLOP floor
@@ -323,7 +325,8 @@ def print_table(a, device, rows, floor_dtype):
     for what, rate, mem, floor in rows:
         mem_s = '' if mem is None or mem != mem else f'{mem:.1f}'
         frac = f'{rate / floor:.2f}' if floor else ''
-        print(f'| {what} | {rate:.1f} | {mem_s} | {frac} |')
+        rate_s = 'not measurable' if rate != rate else f'{rate:.1f}'
+        print(f'| {what} | {rate_s} | {mem_s} | {frac} |')
 
 
 if __name__ == '__main__':

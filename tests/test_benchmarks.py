@@ -31,12 +31,24 @@ def test_bench_speed_prints_one_table_with_every_row(tiny_data, capsys):
                 "step alone: yolov5n + teacher yolov5n", "data pipeline alone (0 workers",
                 "train.py end to end", "train_distillation.py end to end", "val.py whole pass"]
     assert len(names) == len(expected) and all(n.startswith(e) for n, e in zip(names, expected)), names
-    assert all(math.isfinite(rate) and rate > 0 for _, rate, _, _ in rows)
+    assert all(math.isfinite(rate) and rate > 0 for _, rate, _, _ in rows[:-1])
+    assert rows[-1][1] > 0 or math.isnan(rows[-1][1])  # val: nan when start-up noise hides the extra work
     floor_student, floor_distill = rows[0][1], rows[1][1]
     assert floor_distill < floor_student  # the teacher's forward adds FLOPs to every image
     assert rows[2][3] == floor_student and rows[3][3] == floor_distill  # step rows are set against the floor
     table = capsys.readouterr().out.split("| measurement |", 1)[1].splitlines()
     assert len(table) == 2 + len(expected)  # rest of the header, its rule, one line per row: one table
+
+
+def test_bench_val_rate_is_extra_images_over_extra_time_or_nan(monkeypatch, tmp_path, tiny_data):
+    """Start-up cancels between the two val.py runs; a longer run that is not slower gives no rate."""
+    from types import SimpleNamespace
+    a = SimpleNamespace(batch=2, iters=1)  # short run 4 images, long run 12
+    for seconds, expected in (((1.0, 3.0), 8 / 2.0), ((2.0, 2.0), math.nan), ((2.0, 1.5), math.nan)):
+        times = iter(seconds)
+        monkeypatch.setattr(bench_speed, "run_val", lambda *args, times=times: next(times))
+        rate = bench_speed.bench_val(a, tiny_data, "w.pt", tmp_path)
+        assert rate == pytest.approx(expected, nan_ok=True)
 
 
 def test_revalidate_keeps_val_metrics_of_runs_and_weights_files(tiny_data, tmp_path):
