@@ -301,6 +301,12 @@ def seed_groups(runs):
     return sorted(groups.values(), key=lambda g: (str(match_key(g[0]['opt'])), is_distilled(g[0]), g[0]['name']))
 
 
+def group_label(group):
+    """The run folders' names without their seed suffix: a group whose seeds come from two sweeps is
+    still 'lab_kd_2x', not 'sweep_a/lab_kd_2x,lab_kd_2x' (run names get their parent only to tell runs apart)."""
+    return ','.join(sorted({SEED_SUFFIX.sub('', r['dir'].name) for r in group}))
+
+
 def mean_and_spread(values):
     values = [v for v in values if v is not None]
     return (sum(values) / len(values), max(values) - min(values)) if values else (None, None)
@@ -313,7 +319,7 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
     rows = []
     for group in seed_groups(runs):
         first = group[0]
-        row = {'group': ','.join(sorted({SEED_SUFFIX.sub('', r['name']) for r in group})),
+        row = {'group': group_label(group),
                'seeds': len(group), 'method': method_label(first['opt']), 'weights': gains_label(first['opt']),
                'vs baseline': undistilled_role(first, runs, explicit), 'gap recovered': None, 'delta': None,
                'paired': []}

@@ -189,6 +189,17 @@ def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, 
     assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
 
 
+def test_seed_group_from_two_sweeps_is_named_by_its_runs_not_their_folders(tmp_path):
+    """Same row name in two folders: the runs are told apart as folder/name, their group keeps the name."""
+    make_run(tmp_path / 'a', 'base_s0', 0.20, {})
+    make_run(tmp_path / 'b', 'base_s0', 0.22, {'data': 'data/other.yaml'})
+    make_run(tmp_path / 'b', 'base_s1', 0.24, {'data': 'data/other.yaml', 'seed': 1})
+    loaded = compare.load_runs(compare.find_runs([tmp_path / 'a', tmp_path / 'b']))
+    assert sorted(r['name'] for r in loaded) == ['a/base_s0', 'b/base_s0', 'base_s1']
+    groups = compare.build_group_rows(loaded)
+    assert sorted((g['group'], g['seeds']) for g in groups) == [('base', 1), ('base', 2)]
+
+
 def test_val_metrics_replace_results_csv(runs):
     """--val NAME: every metric (table, verdicts, gap, seed groups) comes from <run>/val_NAME.json."""
     import json
