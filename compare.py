@@ -301,10 +301,11 @@ def seed_groups(runs):
     return sorted(groups.values(), key=lambda g: (str(match_key(g[0]['opt'])), is_distilled(g[0]), g[0]['name']))
 
 
-def group_label(group):
+def group_label(group, with_folders=False):
     """The run folders' names without their seed suffix: a group whose seeds come from two sweeps is
-    still 'lab_kd_2x', not 'sweep_a/lab_kd_2x,lab_kd_2x' (run names get their parent only to tell runs apart)."""
-    return ','.join(sorted({SEED_SUFFIX.sub('', r['dir'].name) for r in group}))
+    still 'lab_kd_2x', not 'sweep_a/lab_kd_2x,lab_kd_2x'. Two groups with one label get their folders."""
+    label = ','.join(sorted({SEED_SUFFIX.sub('', r['dir'].name) for r in group}))
+    return f"{label} ({','.join(sorted({r['dir'].parent.name for r in group}))})" if with_folders else label
 
 
 def mean_and_spread(values):
@@ -316,10 +317,12 @@ def build_group_rows(runs, metric='mAP_0.5:0.95', noise=None, teacher_map=None, 
     """One dict per seed group: mean and spread (max - min) of each metric; for distilled groups the
     group mean vs the baselines' mean, judged against the noise band as single runs are."""
     explicit = resolve_baselines(baseline, runs)
+    groups = seed_groups(runs)
+    labels = [group_label(g) for g in groups]
     rows = []
-    for group in seed_groups(runs):
+    for group, label in zip(groups, labels):
         first = group[0]
-        row = {'group': group_label(group),
+        row = {'group': group_label(group, with_folders=labels.count(label) > 1),
                'seeds': len(group), 'method': method_label(first['opt']), 'weights': gains_label(first['opt']),
                'vs baseline': undistilled_role(first, runs, explicit), 'gap recovered': None, 'delta': None,
                'paired': []}

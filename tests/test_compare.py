@@ -197,7 +197,11 @@ def test_seed_group_from_two_sweeps_is_named_by_its_runs_not_their_folders(tmp_p
     loaded = compare.load_runs(compare.find_runs([tmp_path / 'a', tmp_path / 'b']))
     assert sorted(r['name'] for r in loaded) == ['a/base_s0', 'b/base_s0', 'base_s1']
     groups = compare.build_group_rows(loaded)
-    assert sorted((g['group'], g['seeds']) for g in groups) == [('base', 1), ('base', 2)]
+    assert sorted((g['group'], g['seeds']) for g in groups) == [('base (a)', 1), ('base (b)', 2)]  # one label: folders
+    make_run(tmp_path / 'c', 'kd_s0', 0.3, {'t_weights': ['t.pt'], 'd_output': True})
+    make_run(tmp_path / 'd', 'kd_s1', 0.3, {'t_weights': ['t.pt'], 'd_output': True, 'seed': 1})
+    groups = compare.build_group_rows(compare.load_runs(compare.find_runs([tmp_path / 'c', tmp_path / 'd'])))
+    assert [(g['group'], g['seeds']) for g in groups] == [('kd', 2)]  # seeds from two folders, no folder in the name
 
 
 def test_val_metrics_replace_results_csv(runs):
