@@ -189,8 +189,9 @@ def test_seed_groups_give_mean_spread_and_a_verdict_on_the_mean(runs, tmp_path, 
     assert '0.260 ± 0.010' in md.read_text()  # the Markdown file holds both tables
 
 
-def test_seed_group_from_two_sweeps_is_named_by_its_runs_not_their_folders(tmp_path):
-    """Same row name in two folders: the runs are told apart as folder/name, their group keeps the name."""
+def test_seed_group_names_leave_out_folders_unless_two_groups_share_a_name(tmp_path):
+    """Runs are told apart as folder/name; a group is named by its runs without the seed, and gets its
+    folders only when another group has the same name."""
     make_run(tmp_path / 'a', 'base_s0', 0.20, {})
     make_run(tmp_path / 'b', 'base_s0', 0.22, {'data': 'data/other.yaml'})
     make_run(tmp_path / 'b', 'base_s1', 0.24, {'data': 'data/other.yaml', 'seed': 1})
