@@ -17,6 +17,7 @@ from models.checkpoint import load_checkpoint
 from utils.cli import UserError, run_cli
 from utils.files import increment_path, newest_last_checkpoint, resolve_file, yaml_load
 from utils.logging import setup_cli_logging
+from utils.objective import ObjectiveBuilder
 from utils.torch_utils import LOCAL_RANK, RANK
 
 ROOT = Path(__file__).resolve().parent
@@ -115,12 +116,13 @@ def check_flag_values(opt):
                                 "to train from scratch)")
 
 
-def prepare_run(opt, distillation=False):
+def prepare_run(opt, script="train.py", defaults=None):
     """Resolve --resume into the interrupted run's options, or pick a fresh runs/train/expN folder.
 
+    `defaults`: the script's flag defaults, for options a resumed run saved before they existed.
     Everything that can refuse a --resume is checked here, before anything is written."""
     if opt.resume:
-        return _resumed_options(opt, distillation)
+        return _resumed_options(opt, script, defaults or {})
     opt.resume_path = None
     opt.hyp = opt.hyp or default_hyp(opt.data)
     if not opt.cfg and not opt.weights:
@@ -129,7 +131,11 @@ def prepare_run(opt, distillation=False):
     return opt
 
 
-def _resumed_options(opt, distillation):
+# Options whose absence in an older run's last.pt means something else than today's default.
+OPTIONS_OF_OLDER_RUNS = {"d_fork_units": True}  # runs before per-image units trained with the fork's units
+
+
+def _resumed_options(opt, script, defaults):
     path = Path(opt.resume) if isinstance(opt.resume, str) else newest_last_checkpoint(ROOT / "runs")
     if not path or not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint found ({path or 'no last.pt under runs/'})")
@@ -144,12 +150,13 @@ def _resumed_options(opt, distillation):
         raise UserError(f"--resume {path}: the run already finished its {saved['epochs']} epochs; "
                         f"to train more, start a new run with --weights {path}")
     trained_with = "train_distillation.py" if saved.get("t_weights") else "train.py"
-    script = "train_distillation.py" if distillation else "train.py"
     if trained_with != script:
         raise UserError(f"--resume {path}: the run was trained with {trained_with}; "
                         f"resume it with: python {trained_with} --resume {path}")
     keep = {k: getattr(opt, k) for k in ("device", "workers") if getattr(opt, k) is not None}
-    opt = argparse.Namespace(**{**saved, **keep})  # the machine may differ after a crash
+    # every option is read one way, opt.name: older runs get the options added since from the table above,
+    # else today's defaults; the machine may differ after a crash (device, workers)
+    opt = argparse.Namespace(**{**defaults, **OPTIONS_OF_OLDER_RUNS, **saved, **keep})
     opt.resume, opt.resume_path = str(path), str(path)
     opt.save_dir = str(path.parent.parent)
     return opt
@@ -179,29 +186,30 @@ def init_distributed(opt):
     dist.init_process_group(backend=backend)
 
 
-def main(opt, extra_loss_factory=None):
-    """Train with parsed options; `extra_loss_factory` adds an extra loss term (distillation)."""
+def main(opt, builder_class=ObjectiveBuilder, parser=None):
+    """Train with parsed options; `builder_class(opt)` says what to optimise (utils/objective.py):
+    the task loss alone here, + the teachers' terms for train_distillation.py."""
     from utils.trainer import Trainer  # imported late so `--help` stays fast
 
     setup_cli_logging()
     init_distributed(opt)
     try:
-        opt = prepare_run(opt, distillation=extra_loss_factory is not None)
+        defaults = vars((parser or build_parser()).parse_args([]))
+        opt = prepare_run(opt, builder_class.script, defaults)
         try:
-            return Trainer(opt, extra_loss_factory=extra_loss_factory).train()
+            return Trainer(opt, builder_class(opt)).train()
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(opt, extra_loss_factory is not None)) from None
+            raise KeyboardInterrupt(interrupted_message(opt, builder_class.script)) from None
     finally:
         if LOCAL_RANK != -1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def interrupted_message(opt, distillation):
+def interrupted_message(opt, script="train.py"):
     """Ctrl-C: one line saying where the last finished epoch is and how to continue from it."""
     last = Path(opt.save_dir) / "weights" / "last.pt"
     if not last.exists():
         return "Interrupted before the first epoch finished: nothing saved to resume"
-    script = "train_distillation.py" if distillation else "train.py"
     return f"Interrupted: the last finished epoch is saved in {last}; continue with: python {script} --resume {last}"
 
 

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import train
-from distill.distiller import build_distiller
+from distill.builder import DistillationBuilder
 from distill.losses import DEFAULT_D_WEIGHT, DEFAULT_KL_ALPHA, FEATURE_WEIGHTS
 from utils.cli import UserError
 
@@ -66,13 +66,13 @@ def build_parser():
 
 
 def check_distillation_flags(opt):
-    if getattr(opt, "d_pseudo", None) is not None and not 0 < opt.d_pseudo <= 1:
+    if opt.d_pseudo is not None and not 0 < opt.d_pseudo <= 1:
         raise UserError(f"--d_pseudo {opt.d_pseudo}: must be a confidence in (0, 1], e.g. 0.5")
 
 
 def main(opt):
     check_distillation_flags(opt)
-    return train.main(opt, extra_loss_factory=build_distiller)
+    return train.main(opt, DistillationBuilder, parser=build_parser())
 
 
 if __name__ == "__main__":

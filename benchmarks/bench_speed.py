@@ -34,11 +34,12 @@ import yaml  # noqa: E402
 import train  # noqa: E402
 import train_distillation  # noqa: E402
 from bench_dataloader import default_data, measure  # noqa: E402
-from distill.distiller import build_distiller  # noqa: E402
+from distill.builder import DistillationBuilder  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.yolo import Model, model_summary  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
+from utils.objective import Batch, DetectionObjective, ObjectiveBuilder  # noqa: E402
 from utils.torch_utils import (ModelEMA, autocast_dtype, init_seeds, select_device, smart_optimizer,  # noqa: E402
                                to_channels_last)
 from utils.trainer import Trainer  # noqa: E402
@@ -117,17 +118,18 @@ def step_state(student_cfg, nc, imgsz, device, amp=True, teacher=None, compile_f
     hyp['obj'] *= (imgsz / 640) ** 2 * 3 / nl
     model.nc, model.hyp = nc, hyp
     model.train()
-    extra = None
-    if teacher:  # the public constructor with train_distillation.py's defaults
-        opt = train_distillation.build_parser().parse_args(['--t_weights', str(teacher)])
-        extra = build_distiller(model, None, device, opt)
-    extra_params = list(extra.parameters()) if extra is not None else []
-    optimizer = smart_optimizer(model, 'SGD', hyp['lr0'], hyp['momentum'], hyp['weight_decay'], extra_params)
+    builder = ObjectiveBuilder()
+    if teacher:  # the public builder with train_distillation.py's defaults
+        builder = DistillationBuilder(train_distillation.build_parser().parse_args(['--t_weights', str(teacher)]))
+        builder.prepare_student(model, None, device, resuming=False)
+    objective = builder.build(DetectionObjective(ComputeLoss(model)), model, hyp, unlabeled_images=0)
+    optimizer = smart_optimizer(model, 'SGD', hyp['lr0'], hyp['momentum'], hyp['weight_decay'],
+                                objective.trainable_modules())
     model = to_channels_last(model, device)
     amp_dtype = autocast_dtype(device, amp)
     return SimpleNamespace(
         model=model, forward=torch.compile(model) if compile_forward else model, device=device,
-        cuda=device.type == 'cuda', amp_dtype=amp_dtype, compute_loss=ComputeLoss(model), extra=extra,
+        cuda=device.type == 'cuda', amp_dtype=amp_dtype, objective=objective, ddp_objective_parts=[],
         optimizer=optimizer, ema=ModelEMA(model), current_ni=0, last_opt_step=-1,
         scaler=torch.amp.GradScaler('cuda', enabled=amp_dtype == torch.float16))
 
@@ -137,7 +139,7 @@ def time_steps(state, imgs, targets, warmup, iters):
     for i in range(warmup + iters):
         if i == warmup:
             t0 = sync(state.device)
-        Trainer._train_step(state, imgs, targets)
+        Trainer._train_step(state, Batch(imgs, targets))
         state.current_ni = i
         Trainer._optimizer_step(state)
     return imgs.shape[0] * iters / (sync(state.device) - t0)
@@ -190,7 +192,7 @@ def bench_end_to_end(a, device, data_yaml, project, teacher=None):
     if distill:
         argv += ['--t_weights', str(teacher)]
     opt = train.prepare_run(train.parse_opt(argv, parser=parser))
-    trainer = Trainer(opt, extra_loss_factory=build_distiller if distill else None)
+    trainer = Trainer(opt, DistillationBuilder(opt) if distill else None)
     trainer.batch_hook = timer = BatchTimer(a.warmup, a.warmup + a.iters - 1, device)
     reset_peak_memory(device)
     trainer.train()

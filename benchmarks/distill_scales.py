@@ -19,16 +19,19 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 import train_distillation  # noqa: E402
-from distill.distiller import build_distiller, match_feature_taps  # noqa: E402
-from distill.losses import DistillInputs, FeatureDistillation, OutputDistillation, SoftLabelKL  # noqa: E402
+from distill.builder import DistillationBuilder  # noqa: E402
+from distill.losses import (DistillInputs, FeatureDistillation, OutputDistillation, SoftLabelKL,  # noqa: E402
+                            loss_gains)
+from distill.objective import match_feature_taps  # noqa: E402
 from distill.teacher import run_teacher  # noqa: E402
 from utils.trainer import Trainer  # noqa: E402
 
 
-def methods(student, teacher, opt):
+def methods(student, teacher, opt, hyp):
     """name -> (loss module, teacher layers) for every method at its default weight."""
-    out = {"output": (OutputDistillation(student, opt.d_weight), None),
-           "kl": (SoftLabelKL(T=opt.d_temperature, alpha=opt.d_alpha, model=student), None)}
+    gains = loss_gains(hyp)
+    out = {"output": (OutputDistillation(gains, opt.d_weight), None),
+           "kl": (SoftLabelKL(T=opt.d_temperature, alpha=opt.d_alpha, gains=gains), None)}
     s_layers = student.detect_input_layers()
     for loss in ("mse", "cosine", "cwd"):
         for std in (False, True):
@@ -41,8 +44,8 @@ def methods(student, teacher, opt):
 @torch.no_grad()
 def measure(trainer, n_batches):
     student = trainer.model
-    teacher = trainer.extra.teachers[0]
-    terms = methods(student, teacher, trainer.opt)
+    teacher = trainer.objective.teachers[0]
+    terms = methods(student, teacher, trainer.opt, trainer.hyp)
     sums = {"detection": 0.0, **{k: 0.0 for k in terms}}
     student.train()
     for i, (imgs, targets, _, _) in enumerate(trainer.train_loader):
@@ -65,7 +68,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         args.project, args.name, args.noplots, args.workers = tmp, "scales", True, 0
         opt = train.prepare_run(args)
-        trainer = Trainer(opt, extra_loss_factory=build_distiller)
+        trainer = Trainer(opt, DistillationBuilder(opt))
         trainer._setup()
         result = measure(trainer, args.batches)
     det = result["detection"]

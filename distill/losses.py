@@ -2,9 +2,9 @@
 
 Every method is called as `loss_fn(student, teacher) -> (loss, items)` where both sides are
 `DistillInputs` (raw prediction levels `[B, na, ny, nx, 5 + nc]`, pre-sigmoid, and optional
-feature maps `[B, C, H, W]`), `loss` is a 0-dim tensor in per-image units (the trainer multiplies
-the extra loss by the batch size, see docs/ARCHITECTURE.md) and `items` an ordered dict
-`name -> detached 0-dim tensor` for logging. Teacher tensors are always detached here.
+feature maps `[B, C, H, W]`), `loss` is a 0-dim tensor in per-image units (the objective turns it
+into the batch's units, see utils/objective.py) and `items` an ordered dict `name -> detached 0-dim
+tensor` for logging. Teacher tensors are always detached here. Gains are fixed at construction.
 """
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -86,37 +86,46 @@ DEFAULT_D_WEIGHT = 2.0  # per image (the fork's 10 per batch of 16 is 0.625); be
                         # synthetic set, where 0.5 stayed at 5-27 % of the detection loss (docs/BENCHMARKS.md)
 
 
+def loss_gains(hyp):
+    """The detection loss's gains (box, obj, cls) a distillation term scales by, copied from `hyp`.
+
+    Pass the hyp after YOLOv5's scaling for levels, classes and image size (the trainer scales it before
+    it builds the objective), so each term is in the units of the detection term it imitates."""
+    return {k: float(hyp[k]) for k in ('box', 'obj', 'cls')}
+
+
+UNIT_GAINS = {'box': 1.0, 'obj': 1.0, 'cls': 1.0}
+
+
 class OutputDistillation(DistillLoss):
     """Teacher-objectness weighted MSE on raw outputs (the reference fork's formula).
 
     L = d_weight * sum_levels [ box * mean(w (p_xywh - t_xywh)^2) + obj * mean(w (p_o - t_o)^2)
                                 + cls * mean(w_c (p_c - t_c)^2) [nc > 1] ],  w = sigmoid(t_o),
     w_c = w for cls_weighting='teacher_obj' (the reference) or 1 for 'none'.
-    Gains box/obj/cls come from model.hyp, read at every call because the trainer scales and
-    attaches hyp after building the extra loss.
+    `gains` (box, obj, cls) are the detection loss's gains (`loss_gains(hyp)`), fixed at construction.
 
     Units: L is a mean over the batch, i.e. per image like YOLOv5's detection terms, so its
     strength does not depend on the batch size, accumulation or the number of GPUs. The
-    reference fork added d_weight * L once per batch to a detection loss that is x batch size;
-    fork_units=True reproduces that total exactly (returns L / B, the trainer multiplies by B),
-    so a fork d_weight D at batch B is our per-image d_weight D / B.
+    reference fork added d_weight * L once per batch to a detection loss that is x batch size, so
+    its d_weight is per batch: fork_units=True takes d_weight that way, i.e. a per-image gain of
+    d_weight / B (a fork d_weight D at batch B is our per-image d_weight D / B), and reproduces
+    the fork's total exactly.
     """
 
-    def __init__(self, model, d_weight=DEFAULT_D_WEIGHT, cls_weighting='teacher_obj', fork_units=False):
+    def __init__(self, gains=UNIT_GAINS, d_weight=DEFAULT_D_WEIGHT, cls_weighting='teacher_obj', fork_units=False):
         super().__init__()
         if cls_weighting not in ('teacher_obj', 'none'):
             raise ValueError(f"cls_weighting must be 'teacher_obj' or 'none', got {cls_weighting!r}")
-        # A closure, not an attribute: assigning the student as a submodule would put its
-        # weights into this module's parameters() and state_dict().
-        self._hyp = lambda: _hyp_of(model)
+        self.gains = dict(gains)
         self.d_weight, self.cls_weighting, self.fork_units = d_weight, cls_weighting, fork_units
 
     def forward(self, student, teacher):
-        hyp = self._hyp()
         lbox, lobj, lcls = output_distillation_terms(student.preds, teacher.preds, self.cls_weighting)
-        scale = self.d_weight / (student.preds[0].shape[0] if self.fork_units else 1)
-        parts = {'dist_box': lbox * hyp['box'] * scale, 'dist_obj': lobj * hyp['obj'] * scale,
-                 'dist_cls': lcls * hyp['cls'] * scale}
+        per_image_weight = self.d_weight / (student.preds[0].shape[0] if self.fork_units else 1)
+        g = self.gains
+        parts = {'dist_box': lbox * g['box'] * per_image_weight, 'dist_obj': lobj * g['obj'] * per_image_weight,
+                 'dist_cls': lcls * g['cls'] * per_image_weight}
         return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
 
 
@@ -155,24 +164,24 @@ class SoftLabelKL(DistillLoss):
     per image (B = batch size) keeps a level where the teacher sees nothing from amplifying background,
     and, unlike a fixed floor, means the same at any batch size and number of ranks; trained teachers
     have 3-40 objects' worth of weight per image and level, so it rarely binds. `cls` is the detection loss's
-    class gain (model.hyp['cls'], already scaled by YOLOv5 for nc, levels and image size) and the
+    class gain (`gains['cls']`, hyp['cls'] after YOLOv5's scaling for nc, levels and image size) and the
     mean over classes mirrors the BCE's mean: the term is in the units of the detection loss's class
     term on any dataset and at any batch size. Without a model the gain is 1.
-    With distill_obj=True the objectness Bernoulli KL (unweighted, x hyp['obj']) is added as 'kd_obj'.
+    With distill_obj=True the objectness Bernoulli KL (unweighted, x gains['obj']) is added as 'kd_obj'.
     Only classes are distilled when nc > 1, like the detection loss.
 
     alpha scales the soft term only. The detection (hard) loss stays at weight 1 because the
-    trainer owns it and the extra-loss hook is additive; Hinton's (1 - a) * hard + a * soft is
+    task objective owns it and the distillation terms are added to it; Hinton's (1 - a) * hard + a * soft is
     the same objective up to a global factor (1 - a) when alpha = a / (1 - a).
     """
 
-    def __init__(self, T=4.0, alpha=1.0, mode='bernoulli', obj_weighted=True, distill_obj=False, model=None):
+    def __init__(self, T=4.0, alpha=1.0, mode='bernoulli', obj_weighted=True, distill_obj=False, gains=UNIT_GAINS):
         super().__init__()
         if mode not in ('bernoulli', 'softmax'):
             raise ValueError(f"mode must be 'bernoulli' or 'softmax', got {mode!r}")
         self.T, self.alpha, self.mode = float(T), float(alpha), mode
         self.obj_weighted, self.distill_obj = obj_weighted, distill_obj
-        self._hyp = (lambda: _hyp_of(model)) if model is not None else (lambda: {'cls': 1.0, 'obj': 1.0})
+        self.gains = dict(gains)
 
     def _class_kl(self, s_cls, t_cls):
         if self.mode == 'bernoulli':
@@ -190,10 +199,10 @@ class SoftLabelKL(DistillLoss):
                 lcls = lcls + (kl * w).sum() / w.sum().clamp(min=float(kl.shape[0]))
             if self.distill_obj:
                 lobj = lobj + bernoulli_kl(ti[..., 4] / self.T, si[..., 4] / self.T).mean()
-        hyp, gain = self._hyp(), self.alpha * self.T ** 2
-        parts = {'kd_cls': lcls * gain * hyp['cls']}
+        gain = self.alpha * self.T ** 2
+        parts = {'kd_cls': lcls * gain * self.gains['cls']}
         if self.distill_obj:
-            parts['kd_obj'] = lobj * gain * hyp['obj']
+            parts['kd_obj'] = lobj * gain * self.gains['obj']
         return sum(parts.values()), {k: v.detach() for k, v in parts.items()}
 
 
@@ -233,18 +242,43 @@ class FeatureDistillation(DistillLoss):
             return FEATURE_LOSSES['cwd'](s, t, tau=self.tau)
         return FEATURE_LOSSES[self.loss_name](s, t)
 
-    def forward(self, student, teacher):
-        if len(student.features) != len(self.adapters) or len(teacher.features) != len(self.adapters):
-            raise ValueError(f'expected {len(self.adapters)} feature levels, got '
-                             f'{len(student.features)} student / {len(teacher.features)} teacher')
-        total = student.features[0].new_zeros(()).float()
-        for adapter, s, t in zip(self.adapters, student.features, teacher.features):
-            s, t = adapter(s).float(), t.detach().float()
+    def adapt(self, student_maps):
+        """The student's maps through this term's 1x1 adapters (the trainable part)."""
+        if len(student_maps) != len(self.adapters):
+            raise ValueError(f'expected {len(self.adapters)} student feature levels, got {len(student_maps)}')
+        return [adapter(s) for adapter, s in zip(self.adapters, student_maps)]
+
+    def loss_of_adapted(self, adapted, teacher_maps):
+        """The term from already adapted student maps (the objective adapts through DDP)."""
+        if len(teacher_maps) != len(adapted):
+            raise ValueError(f'expected {len(adapted)} teacher feature levels, got {len(teacher_maps)}')
+        total = adapted[0].new_zeros(()).float()
+        for s, t in zip(adapted, teacher_maps):
+            s, t = s.float(), t.detach().float()
             if s.shape != t.shape:
                 raise ValueError(f'adapted student map {tuple(s.shape)} != teacher map {tuple(t.shape)}')
             total = total + self._level_loss(s, t)
         loss = total * self.weight
         return loss, {'feat': loss.detach()}
+
+    def forward(self, student, teacher):
+        return self.loss_of_adapted(self.adapt(student.features), teacher.features)
+
+
+class FeatureAdapters(nn.Module):
+    """Every feature term's adapters as one module: `forward(student_maps)` -> the adapted maps per term.
+
+    It is the trainable part of distillation that DDP wraps (one bucketed all-reduce per optimizer step,
+    skipped under `no_sync` like the student's). It holds the terms without owning them in the state
+    dict: the objective registers the terms, so checkpoint keys stay `feature_terms.<t>.adapters.<l>.*`.
+    """
+
+    def __init__(self, terms):
+        super().__init__()
+        self.terms = terms
+
+    def forward(self, student_maps):
+        return [term.adapt(student_maps) for term in self.terms]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +289,7 @@ def average_teachers(teachers):
 
     Assumes same-shaped outputs (same nc, anchors count and strides). Feature maps are not
     averaged: teachers of different widths have different channels, so feature distillation
-    keeps one adapter set and one loss per teacher (see distill.distiller.Distiller).
+    keeps one adapter set and one loss per teacher (see distill.objective.DistillationObjective).
     """
     preds = [torch.stack([lvl.detach().float() for lvl in group]).mean(0)
              for group in zip(*[t.preds for t in teachers])]

@@ -111,12 +111,14 @@ def raw_levels_only(model):
 def run_teacher(teacher, imgs, feature_layers=None):
     """Raw prediction levels (and tapped features) of the teacher, in the teacher's precision.
 
-    Half precision teachers (CUDA) hand over half tensors: the losses upcast one level at a time,
-    so no float32 copy of every output lives through the student's backward pass. no_grad (not
+    The student's autocast is switched off here: a half precision teacher (CUDA) computes in fp16 with
+    its own weights, not in the student's bf16 with weights re-cast every batch, and a float teacher
+    in float. Half teachers hand over half tensors: the losses upcast one level at a time, so no
+    float32 copy of every output lives through the student's backward pass. no_grad (not
     inference_mode) makes ordinary tensors that autograd may save for the student's backward.
     """
     x = imgs.to(next(teacher.parameters()).dtype)
-    with raw_levels_only(teacher):
+    with torch.autocast(x.device.type, enabled=False), raw_levels_only(teacher):
         if feature_layers:
             raw, feats = teacher(x, feature_layers=feature_layers)
         else:

@@ -1,4 +1,4 @@
-"""Two distillation training steps on a fixed batch, through the Trainer's own step and DDP code.
+"""Distillation training steps on a fixed batch, through the Trainer's own step, gradient sync and DDP code.
 
 Imported by tests/test_distillation.py for single-process runs, and run as
     python -m torch.distributed.run --nproc_per_node 2 tests/distill_steps.py OUT_DIR TEACHER.pt GLOBAL_BATCH
@@ -41,12 +41,14 @@ def rank_slice(imgs, targets, rank, world):
 
 
 def make_trainer(teacher, flags=("--d_kl", "--d_feature", "cwd")):
-    """A Trainer holding just what `_train_step` and `_wrap_ddp` use: student, loss, Distiller."""
+    """A Trainer holding what its step, gradient sync and DDP wrapping use: student, objective, optimizer,
+    built in the order Trainer._setup builds them."""
     import train_distillation
-    from distill.distiller import build_distiller
+    from distill.builder import DistillationBuilder
     from models.yolo import Model
     from utils.files import yaml_load
     from utils.loss import ComputeLoss
+    from utils.objective import DetectionObjective
     from utils.torch_utils import RANK
     from utils.trainer import Trainer
 
@@ -55,15 +57,23 @@ def make_trainer(teacher, flags=("--d_kl", "--d_feature", "cwd")):
     model.hyp = yaml_load(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
     model.names = [f"c{i}" for i in range(NC)]  # the test teachers' names
     opt = train_distillation.build_parser().parse_args(["--t_weights", str(teacher), *flags])
-    t = Trainer.__new__(Trainer)
-    t.opt, t.device, t.cuda, t.model = Namespace(sync_bn=False, amp=False), torch.device("cpu"), False, model
+    builder = DistillationBuilder(opt)
+    t = Trainer(Namespace(save_dir="unused", sync_bn=False, amp=False), builder)
+    t.device, t.cuda, t.model = torch.device("cpu"), False, model
+    builder.prepare_student(model, None, t.device, resuming=False)
     t.compute_loss = ComputeLoss(model)
     torch.manual_seed(100 + max(RANK, 0))  # as the trainer: every rank draws other adapter weights
-    t.extra = build_distiller(model, None, t.device, opt)
+    t.objective = builder.build(DetectionObjective(t.compute_loss), model, model.hyp, unlabeled_images=0)
+    adapters = [p for m in t.objective.trainable_modules() for p in m.parameters()]
+    t.optimizer = torch.optim.SGD(list(model.parameters()) + adapters, lr=0.05)
     t.scaler, t.amp_dtype = torch.amp.GradScaler("cuda", enabled=False), None  # CPU: no autocast
     t._wrap_ddp()
     t.forward = t.model  # as Trainer._setup without --compile: the (DDP-wrapped) model
     return t
+
+
+def objective_parameters(t):
+    return [p for m in t.objective.trainable_modules() for p in m.parameters()]
 
 
 def student_grad(t):
@@ -72,27 +82,62 @@ def student_grad(t):
 
 def run_steps(teacher, global_batch, rank=0, world=1, steps=2):
     """Gradient norms of the detection and distillation terms alone, and the adapters after `steps` SGD steps."""
+    from utils.objective import Batch
     t = make_trainer(teacher)
-    imgs, targets = rank_slice(*fixed_batch(global_batch), rank, world)
-    params = list(t.model.parameters()) + list(t.extra.parameters())
-    sgd = torch.optim.SGD(params, lr=0.05)
+    batch = Batch(*rank_slice(*fixed_batch(global_batch), rank, world))
+    sgd = t.optimizer
     out = {}
     for step in range(steps):
         sgd.zero_grad()
-        t.extra.active = False  # detection alone
-        t._train_step(imgs, targets)
+        t.objective.active = False  # detection alone
+        t._train_step(batch)
         g_det = student_grad(t)
         sgd.zero_grad()
-        t.extra.active = True  # detection + distillation
-        t._train_step(imgs, targets)
+        t.objective.active = True  # detection + distillation
+        t._train_step(batch)
         g_dist = student_grad(t) - g_det
         if step == 0:
             out.update(det_norm=g_det.norm().item(), dist_norm=g_dist.norm().item(),
-                       adapter_grad=[p.grad.clone() for p in t.extra.parameters()])
+                       adapter_grad=[p.grad.clone() for p in objective_parameters(t)])
         sgd.step()
-    out["adapters"] = {k: v.clone() for k, v in t.extra.state_dict().items()}
+    out["adapters"] = {k: v.clone() for k, v in t.objective.state_dict().items()}
     out["ratio"] = out["dist_norm"] / out["det_norm"]
     return out
+
+
+def count_collectives(ddp_module, counts, key):
+    """Count the gradient all-reduces a DDP module launches (one per bucket), then do them as DDP would."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def hook(state, bucket):
+        counts[key] += 1
+        return allreduce_hook(state, bucket)
+    ddp_module.register_comm_hook(None, hook)
+
+
+def run_accumulated(teacher, global_batch, rank=0, world=1, accumulate=4):
+    """`accumulate` micro-batches then one optimizer step, syncing gradients as Trainer does: the
+    collectives launched on each micro-step, and the step's update of every student and adapter tensor."""
+    from utils.objective import Batch
+    t = make_trainer(teacher)
+    counts = {"student": 0, "objective": 0}
+    if world > 1:
+        count_collectives(t.model, counts, "student")
+        for part in t.ddp_objective_parts:
+            count_collectives(part, counts, "objective")
+    imgs, targets = fixed_batch(global_batch)
+    per_step = []
+    params = [p for group in t.optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    t.optimizer.zero_grad()
+    for i in range(accumulate):
+        micro = Batch(*rank_slice(imgs, targets, rank, world))
+        with t._gradient_sync(will_step=i == accumulate - 1):
+            t._train_step(micro)
+        per_step.append(dict(counts))
+        counts.update(student=0, objective=0)
+    t.optimizer.step()
+    return {"collectives": per_step, "updates": [p.detach() - b for p, b in zip(params, before)]}
 
 
 def main(out_dir, teacher, global_batch):
@@ -100,6 +145,7 @@ def main(out_dir, teacher, global_batch):
     dist.init_process_group("gloo")
     try:
         result = run_steps(teacher, int(global_batch), RANK, WORLD_SIZE)
+        result["accumulated"] = run_accumulated(teacher, int(global_batch), RANK, WORLD_SIZE)
         torch.save(result, Path(out_dir) / f"rank{RANK}.pt")
     finally:
         dist.destroy_process_group()

@@ -12,8 +12,9 @@ import torch
 import train
 import train_distillation
 from conftest import tiny_train_args
-from distill_steps import run_steps
-from distill import distiller as distiller_module
+from distill_steps import run_accumulated, run_steps
+from distill.builder import DistillationBuilder
+from distill.teacher import run_teacher
 from distill.teacher import TeacherMismatchError, check_compatible, load_teacher
 from models.checkpoint import model_checkpoint_fields, save_checkpoint
 from models.yolo import Model
@@ -45,15 +46,17 @@ def distill_args(data, project, name, teacher, epochs=2, extra=()):
 
 
 def run_distill(args, keep=None):
-    """Run train_distillation.main, keeping a handle on the Distiller it builds."""
-    def factory(*a):
-        d = distiller_module.build_distiller(*a)
-        if keep is not None:
-            keep.append(d)
-        return d
-    factory.skips_autoanchor = distiller_module.build_distiller.skips_autoanchor
-    opt = train.parse_opt(args, parser=train_distillation.build_parser())
-    return train.main(opt, extra_loss_factory=factory)
+    """Run train_distillation.py's main, keeping a handle on the DistillationObjective it builds."""
+    class KeepingBuilder(DistillationBuilder):
+        def build(self, *a, **k):
+            objective = super().build(*a, **k)
+            if keep is not None:
+                keep.append(objective)
+            return objective
+    parser = train_distillation.build_parser()
+    opt = train.parse_opt(args, parser=parser)
+    train_distillation.check_distillation_flags(opt)
+    return train.main(opt, KeepingBuilder, parser=parser)
 
 
 def header(csv_path):
@@ -148,7 +151,7 @@ def test_feature_layers_tap_the_same_indices_in_the_teacher(tiny_data, tmp_path,
     kept = []
     run_distill(distill_args(tiny_data, tmp_path, "taps", teacher_pt, epochs=1,
                              extra=["--d_feature", "mse", "--d_feature_layers", "4", "6", "9"]), keep=kept)
-    assert kept[0].feature_layers == [4, 6, 9] and kept[0].teacher_layers == [[4, 6, 9]]
+    assert kept[0].feature_layers == (4, 6, 9) and kept[0].teacher_layers == [[4, 6, 9]]
     with pytest.raises(TeacherMismatchError, match="--t_feature_layers"):  # strides 4/8/16 vs 8/16/32
         run_distill(distill_args(tiny_data, tmp_path, "bad", teacher_pt, epochs=1,
                                  extra=["--d_feature", "mse", "--d_feature_layers", "4", "6", "9",
@@ -180,12 +183,12 @@ def test_teacher_gives_raw_levels_without_decoding(teacher_pt, monkeypatch):
     with torch.no_grad():
         _, expected = teacher(x)  # eval forward: decoded boxes and raw levels
     monkeypatch.setattr(Detect, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
-    raw, feats = distiller_module.run_teacher(teacher, x, [17, 20, 23])
+    raw, feats = run_teacher(teacher, x, [17, 20, 23])
     assert all(torch.equal(r, e) for r, e in zip(raw, expected)) and len(feats) == 3
     assert not teacher.training and not teacher.model[-1].training
     assert all(torch.equal(state[k], v) for k, v in teacher.state_dict().items())  # BN stats untouched
     half = load_teacher(teacher_pt, device="cpu", half=True)
-    assert distiller_module.run_teacher(half, x)[0][0].dtype == torch.float16  # upcast later, per level
+    assert run_teacher(half, x)[0][0].dtype == torch.float16  # upcast later, per level
 
 
 def test_distillation_strength_is_per_image_at_any_batch_size(teacher_pt):
@@ -211,6 +214,16 @@ def test_two_gloo_ranks_match_one_process_and_share_adapters(teacher_pt, tmp_pat
     for k, v in single["adapters"].items():  # after 2 steps: identical on both ranks, as one process
         assert torch.equal(ranks[0]["adapters"][k], ranks[1]["adapters"][k]), k
         assert torch.allclose(ranks[0]["adapters"][k], v, rtol=1e-4, atol=1e-6), k
+    # accumulation 4: the micro-steps that only accumulate launch no collective; the stepping one launches
+    # one bucketed all-reduce for the adapters (DDP), not one per tensor per micro-step
+    accumulated = run_accumulated(teacher_pt, 8)
+    for r in ranks:
+        counts = r["accumulated"]["collectives"]
+        assert counts[:3] == [{"student": 0, "objective": 0}] * 3, counts
+        assert counts[3]["objective"] == 1 and counts[3]["student"] >= 1, counts
+        for i, (u, u1) in enumerate(zip(r["accumulated"]["updates"], accumulated["updates"])):
+            # the step moves every student and adapter tensor as one process does (float summation order aside)
+            assert (u - u1).norm() <= 1e-3 * u1.norm() + 1e-9, i
 
 
 class Interrupted(Exception):

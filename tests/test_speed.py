@@ -136,8 +136,8 @@ def test_epoch_losses_are_the_mean_of_the_step_items(tiny_data, tmp_path):
     steps, batches = [], []
     plain_step = trainer._train_step
 
-    def recording_step(imgs, targets, labelled=None):
-        items = plain_step(imgs, targets, labelled)
+    def recording_step(batch):
+        items = plain_step(batch)
         steps.append(items.clone())
         return items
 

@@ -14,6 +14,7 @@ import torch
 
 import train
 from conftest import ROOT, tiny_train_args
+from distill.builder import DistillationBuilder
 from utils.logging import YOLOV5_COLUMNS
 
 
@@ -219,7 +220,7 @@ def test_refused_resume_names_the_fix_and_changes_nothing(one_epoch_run, tmp_pat
     cases = [
         (["--resume", str(one_epoch_run / "weights/best.pt")], train.main, "no optimizer state .*last.pt"),
         (["--resume", str(one_epoch_run / "weights/last.pt")], train.main, "already finished its 1 epochs"),
-        (["--resume", str(last)], lambda opt: train.main(opt, extra_loss_factory=object),
+        (["--resume", str(last)], lambda opt: train.main(opt, DistillationBuilder),
          "trained with train.py; resume it with: python train.py --resume"),
     ]
     before = _snapshot(one_epoch_run), _snapshot(tmp_path)

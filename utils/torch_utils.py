@@ -100,22 +100,25 @@ def torch_distributed_zero_first(local_rank):
         dist.barrier()
 
 
-def smart_optimizer(model, name="SGD", lr=0.01, momentum=0.937, decay=1e-5, extra_params=()):
+def smart_optimizer(model, name="SGD", lr=0.01, momentum=0.937, decay=1e-5, extra_modules=()):
     """YOLOv5's three parameter groups: weights with decay, BN weights and biases without.
 
-    `extra_params` (distillation adapters, ...) join the decayed group.
+    `extra_modules` (the objective's trainable parts, e.g. distillation adapters) are grouped the same way.
+    Frozen parameters of `extra_modules` stay out; the model's keep YOLOv5's behaviour (all joined).
     """
     decayed, bn_weights, biases = [], [], []
     norm_types = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
-    for module in model.modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if pname == "bias":
-                biases.append(p)
-            elif pname == "weight" and isinstance(module, norm_types):
-                bn_weights.append(p)
-            else:
-                decayed.append(p)
-    decayed += [p for p in extra_params if p.requires_grad]
+    for owner in (model, *extra_modules):
+        for module in owner.modules():
+            for pname, p in module.named_parameters(recurse=False):
+                if owner is not model and not p.requires_grad:
+                    continue
+                if pname == "bias":
+                    biases.append(p)
+                elif pname == "weight" and isinstance(module, norm_types):
+                    bn_weights.append(p)
+                else:
+                    decayed.append(p)
     # Group order as in YOLOv5 (x/lr0 = biases, x/lr1 = decayed weights, x/lr2 = BN weights):
     # warmup ramps group 0 down from warmup_bias_lr.
     if name == "Adam":

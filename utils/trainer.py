@@ -1,14 +1,15 @@
 """The training loop shared by train.py and train_distillation.py.
 
 Read `Trainer.train` top to bottom: build everything once (`_setup`), then per epoch
-loader -> model -> loss (+ optional extra loss) -> optimizer/EMA -> validation -> log -> checkpoint.
-Distillation plugs in through `extra_loss_factory` (see docs/ARCHITECTURE.md), not by copying this file.
+loader -> model -> objective -> backward -> optimizer/EMA -> validation -> log -> checkpoint.
+What is optimised is the objective (utils/objective.py); distillation is an objective built by
+train_distillation.py's builder (docs/ARCHITECTURE.md), not a special case of this file.
 """
 import math
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from utils.files import resolve_file, shown_path, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
+from utils.objective import Batch, DetectionObjective, ObjectiveBuilder
 from utils.sources import check_imgsz
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, autocast_dtype,
                                de_parallel, init_seeds, lr_lambda, select_device, smart_optimizer,
@@ -48,17 +50,19 @@ def is_main_process():
 class Trainer:
     """Trains one YOLOv5 model from parsed train.py options (an argparse.Namespace).
 
-    `extra_loss_factory(model, data_dict, device, opt)` builds an optional extra loss term that is added
-    to the detection loss every batch (distillation); plain training passes None.
+    `builder` (utils/objective.py ObjectiveBuilder) makes the objective optimised every batch: the task
+    loss alone by default, + the teachers' terms for train_distillation.py.
     """
 
-    def __init__(self, opt, extra_loss_factory=None):
+    def __init__(self, opt, builder=None):
         self.opt = opt
-        self.extra_loss_factory = extra_loss_factory
-        self.extra = None
+        self.builder = builder or ObjectiveBuilder()
+        self.objective = None
+        self.ddp_objective_parts = []  # the objective's trainable modules, DDP-wrapped (for no_sync)
         self.unlabeled_files = set()  # training images without labels (distillation only)
         self.save_dir = Path(opt.save_dir)
         self.weights_dir = self.save_dir / "weights"
+        self.batch_hook = None  # opt-in per-batch callback hook(batch_index, batch_size) (benchmarks/bench_speed.py)
 
     # ------------------------------------------------------------------ setup
     def _setup_or_clean_up(self):
@@ -100,14 +104,16 @@ class Trainer:
         self.accumulate = max(round(self.nbs / opt.batch_size), 1)
         self.hyp["weight_decay"] *= opt.batch_size * self.accumulate / self.nbs
 
+        # before AutoAnchor and the loss: the objective may set the student's anchors (distillation)
+        self.anchors_set_by = self.builder.prepare_student(self.model, self.data, self.device,
+                                                           resuming=self.resume_ckpt is not None)
         self._build_loaders()
         self._scale_hyp_for_model()
         self.compute_loss = ComputeLoss(self.model)
-        if self.extra_loss_factory:  # before the optimizer: its trainable parts join it
-            self.extra = self.extra_loss_factory(self.model, self.data, self.device, opt)
-        extra_params = list(self.extra.parameters()) if self.extra is not None else []
+        self.objective = self.builder.build(DetectionObjective(self.compute_loss), self.model, self.hyp,
+                                            unlabeled_images=self.dataset.n_unlabeled)
         self.optimizer = smart_optimizer(self.model, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"],
-                                         self.hyp["weight_decay"], extra_params)
+                                         self.hyp["weight_decay"], self.objective.trainable_modules())
         self.lf = lr_lambda(opt.epochs, self.hyp["lrf"], cosine=opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.model = to_channels_last(self.model, self.device)  # before the EMA copy: same layout
@@ -123,11 +129,11 @@ class Trainer:
             yaml_save(self.save_dir / "hyp.yaml", self.hyp_as_given)
             yaml_save(self.save_dir / "opt.yaml", vars(opt))
         # --compile compiles the forward only; EMA, checkpoints and state-dict keys use self.model.
-        self.forward = torch.compile(self.model) if getattr(opt, "compile", False) else self.model
+        self.forward = torch.compile(self.model) if opt.compile else self.model
 
     @property
     def deterministic(self):
-        return bool(getattr(self.opt, "deterministic", False))  # runs saved before the flag: False
+        return bool(self.opt.deterministic)
 
     def _load_hyp(self):
         if self.resume_ckpt:  # a resumed run keeps the hyperparameters it started with
@@ -172,25 +178,13 @@ class Trainer:
         for name, p in self.model.named_parameters():
             p.requires_grad = not name.startswith(prefixes)
 
-    def _unlabeled_source(self):
-        """Unlabeled training images: --d_unlabeled ('' = none), else the dataset YAML's `unlabeled:`.
-
-        Only an extra loss that learns from them (distillation) gets them: the detection loss cannot."""
-        flag = getattr(self.opt, "d_unlabeled", None)
-        source = [p for p in flag if p] if flag is not None else self.data.get("unlabeled")
-        if source and not getattr(self.extra_loss_factory, "learns_from_unlabeled", False):
-            print(f"unlabeled: {source} not used (the detection loss needs labels; train_distillation.py "
-                  "teaches the student on unlabeled images)")
-            return None
-        return source or None
-
     def _build_loaders(self):
         opt, hyp = self.opt, self.hyp
         rank_batch = opt.batch_size // WORLD_SIZE
         self.train_loader, self.dataset = create_dataloader(
             self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
             rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
-            single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self._unlabeled_source())
+            single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self.builder.unlabeled_source(self.data))
         self.unlabeled_files = self.dataset.unlabeled_files  # per-image flags of each batch come from its paths
         self.val_loader = None
         if is_main_process():
@@ -198,8 +192,8 @@ class Trainer:
                 self.data["val"], opt.imgsz, rank_batch * 2, self.gs, hyp=hyp, cache=opt.cache, rect=True,
                 rank=-1, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, prefix="val: ", nc=self.nc)
             if not self.resume_ckpt:
-                if getattr(self.extra_loss_factory, "skips_autoanchor", False):
-                    print("AutoAnchor: skipped, the distilled student takes its teacher's anchors")
+                if self.anchors_set_by:
+                    print(f"AutoAnchor: skipped, {self.anchors_set_by}")
                 elif not opt.noautoanchor:
                     check_anchors(self.dataset, self.model, thr=hyp["anchor_t"], imgsz=opt.imgsz, seed=opt.seed,
                                   pretrained=Path(opt.weights).name if opt.weights else None)
@@ -229,8 +223,8 @@ class Trainer:
             self.ema.updates = ckpt["ema_updates"]
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        if self.extra is not None and ckpt.get("extra"):
-            self.extra.load_state_dict(ckpt["extra"])
+        if ckpt.get("extra"):  # the objective's trainable parts (e.g. feature adapters)
+            self.objective.load_state_dict(ckpt["extra"])
         self.start_epoch = ckpt["epoch"] + 1
         self.best_fitness = ckpt["best_fitness"]
         self.elapsed = ckpt.get("elapsed_s", 0.0)
@@ -246,26 +240,21 @@ class Trainer:
         if self.opt.sync_bn and self.cuda:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         ids = [LOCAL_RANK] if self.cuda else None
-        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=LOCAL_RANK if self.cuda else None)
-        if self.extra is None:
-            return
 
-        def mean_over_ranks(grad):
-            grad = grad.clone()
-            dist.all_reduce(grad)
-            return grad / WORLD_SIZE
-        # The extra loss's trainable parts (adapters) are outside DDP: same start on every rank, and
-        # gradients averaged over ranks like DDP averages the model's (the loss is x WORLD_SIZE).
-        for p in self.extra.parameters():
-            dist.broadcast(p.data, src=0)
-            if p.requires_grad:
-                p.register_hook(mean_over_ranks)
+        def ddp(module):  # starts from rank 0's weights; bucketed gradient averaging on backward
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                       output_device=LOCAL_RANK if self.cuda else None)
+        self.model = ddp(self.model)
+        self.ddp_objective_parts = self.objective.wrap_trainable(ddp)
 
     def _gradient_sync(self, will_step):
         """DDP all-reduces gradients on every backward; micro-steps that only accumulate skip it."""
         if RANK == -1 or will_step:
             return nullcontext()
-        return self.model.no_sync()
+        stack = ExitStack()
+        for module in (self.model, *self.ddp_objective_parts):
+            stack.enter_context(module.no_sync())
+        return stack
 
     # ------------------------------------------------------------------ loop
     def train(self):
@@ -318,24 +307,19 @@ class Trainer:
         model.train()
         # Re-seed per epoch so a resumed run draws exactly the augmentations the uninterrupted one did.
         init_seeds(opt.seed + 1 + epoch * max(WORLD_SIZE, 1) + max(RANK, 0), deterministic=self.deterministic)
-        if hasattr(self.train_loader, "set_epoch"):
-            self.train_loader.set_epoch(epoch)
-        elif hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(epoch)
-        if self.extra is not None and hasattr(self.extra, "on_epoch_start"):
-            self.extra.on_epoch_start(epoch, opt.epochs)
-        if hasattr(self.dataset, "close_mosaic") and opt.close_mosaic and epoch >= opt.epochs - opt.close_mosaic:
+        self.train_loader.sampler.set_epoch(epoch)
+        self.objective.on_epoch_start(epoch, opt.epochs)
+        if opt.close_mosaic and epoch >= opt.epochs - opt.close_mosaic:
             self.dataset.close_mosaic()
-        names = ["box_loss", "obj_loss", "cls_loss"]
+        names = list(self.objective.item_names)
         sums, count = None, 0  # summed on the device; read back only to draw the bar and at the end
         image_counts = [0, 0] if self.unlabeled_files else None  # labelled, unlabeled images this epoch
         pbar = enumerate(self.train_loader)
         if is_main_process():
-            print(progress_header(names + self._extra_names(), image_counts=image_counts is not None))
+            print(progress_header(names, image_counts=image_counts is not None))
             pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
         self.optimizer.zero_grad(set_to_none=True)
         pending, last_draw = False, -math.inf
-        batch_hook = getattr(self, "batch_hook", None)  # opt-in timing (benchmarks/bench_speed.py)
         for i, (imgs, targets, paths, _) in pbar:
             ni = self.current_ni = i + nb * epoch
             labelled = self._labelled_mask(paths)
@@ -344,14 +328,14 @@ class Trainer:
                 image_counts[0] += n_labelled
                 image_counts[1] += len(paths) - n_labelled
             imgs = self._to_device_input(imgs)
-            targets = targets.to(self.device, non_blocking=True)
             self._warmup(ni, epoch)
             if opt.multi_scale:
                 imgs = self._random_rescale(imgs)
+            batch = Batch(imgs, targets.to(self.device, non_blocking=True), labelled)
             step_now = self._accumulation_done(ni)
             # gradients are synced on every batch that steps, including the epoch's last (stepped below)
             with self._gradient_sync(step_now or i == nb - 1):
-                items = self._train_step(imgs, targets, labelled)
+                items = self._train_step(batch)
             pending = True
             if step_now:
                 self._optimizer_step()
@@ -363,12 +347,12 @@ class Trainer:
                 mem = torch.cuda.memory_reserved() / 1e9 if self.cuda else 0.0
                 pbar.set_description(progress_text(epoch, opt.epochs, mem, (sums / count).tolist(),
                                                    targets.shape[0], imgs.shape[-1], image_counts))
-            if batch_hook:
-                batch_hook(i, imgs.shape[0])
+            if self.batch_hook:
+                self.batch_hook(i, imgs.shape[0])
         if pending:  # a complete state at every epoch end is what makes --resume exact
             self._optimizer_step()
         means = (sums / max(count, 1)).tolist() if sums is not None else []
-        items = dict(zip(names + self._extra_names(), means))
+        items = dict(zip(names, means))
         if image_counts is not None:
             items.update(zip(("labelled_imgs", "unlabeled_imgs"), self._summed_over_ranks(image_counts)))
         return items
@@ -393,31 +377,13 @@ class Trainer:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         return imgs.float() / 255
 
-    def _extra_names(self):
-        if self.extra is not None and hasattr(self.extra, "item_names"):  # known before the first batch
-            return list(self.extra.item_names())
-        return list(getattr(self, "_extra_item_names", []))
-
-    def _train_step(self, imgs, targets, labelled=None):
-        """Forward, loss (detection + extra) and backward for one batch; returns detached loss items.
-
-        `labelled` (bool [B] or None): the detection loss reads only those images; the extra loss all."""
-        feature_layers = getattr(self.extra, "feature_layers", None) or None
+    def _train_step(self, batch):
+        """Forward, objective, backward for one batch; returns the detached per-image loss items."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            if feature_layers:
-                preds, features = self.forward(imgs, feature_layers=feature_layers)
-            else:
-                preds, features = self.forward(imgs), None
-            if labelled is not None and hasattr(self.extra, "label_batch"):  # --d_pseudo
-                targets, labelled = self.extra.label_batch(imgs, targets, labelled)
-            loss, items = self.compute_loss(preds, targets, labelled)
-            if self.extra is not None:
-                extra_loss, extra_items = self.extra(imgs, targets, preds, features)
-                loss = loss + extra_loss * imgs.shape[0]  # same per-image units as the detection terms
-                self._extra_item_names = list(extra_items)
-                items = torch.cat([items, torch.stack([v.detach().float().reshape(()) for v in extra_items.values()])])
+            raw, features = self.forward(batch.imgs, feature_layers=self.objective.feature_layers)
+            loss, items = self.objective(batch, raw, features)
         if RANK != -1:
-            loss = loss * WORLD_SIZE  # DDP averages gradients across ranks; YOLOv5 sums them
+            loss = loss * WORLD_SIZE  # DDP averages gradients over ranks; YOLOv5 sums them
         self.scaler.scale(loss).backward()
         return items.detach()  # stays on the device: reading it here would wait for the GPU
 
@@ -491,7 +457,7 @@ class Trainer:
             "train_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.cuda else None,
-            "extra": self.extra.state_dict() if self.extra is not None else None,
+            "extra": self.objective.state_dict() or None,  # the objective's trainable parts
             "epoch": epoch, "best_fitness": float(self.best_fitness), "fitness": float(fi),
             "early_stopping": self.stopper.state_dict(),
             "elapsed_s": float(self.elapsed), "last_opt_step": int(self.last_opt_step),

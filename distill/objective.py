@@ -1,0 +1,173 @@
+"""Distillation as a training objective: the task's objective plus the teachers' terms (utils/objective.py).
+
+Per batch, in this order: each teacher runs once on the batch the student saw (outside the student's
+autocast), the unlabeled images get the teachers' boxes as labels (--d_pseudo), the task objective
+scores the student against the labels, and the distillation terms score it against the teachers.
+One total comes back, with one named item per term.
+"""
+import torch
+import torch.nn as nn
+
+from distill.losses import (DistillInputs, FeatureAdapters, FeatureDistillation, MultiTeacher, OutputDistillation,
+                            SoftLabelKL, average_teachers, loss_gains, multi_mode)
+from distill.pseudo import pseudo_targets
+from distill.teacher import TeacherMismatchError, detect_head, run_teacher
+from utils.objective import Objective
+
+PROBE_SIZE = 128  # px: resolves strides up to 64 (P6 models) with a cheap forward pass
+
+
+def tapped_shapes(model, layers, imgsz=PROBE_SIZE):
+    """(channels, height, width) of each tapped layer, read from one tiny forward pass."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()  # a probe must not move the BatchNorm running statistics
+    try:
+        with torch.no_grad():
+            _, feats = model(x, feature_layers=layers)
+    finally:
+        model.train(was_training)
+    return [tuple(f.shape[1:]) for f in feats]
+
+
+def match_feature_taps(student, teacher, s_layers, t_layers, teacher_name):
+    """Channels of both sides per tapped level; refuse taps whose spatial sizes (strides) differ."""
+    s_shapes, t_shapes = tapped_shapes(student, s_layers), tapped_shapes(teacher, t_layers)
+    s_hw, t_hw = [s[1:] for s in s_shapes], [t[1:] for t in t_shapes]
+    if s_hw != t_hw:
+        raise TeacherMismatchError(
+            f"student layers {s_layers} give {PROBE_SIZE}px maps {s_hw} but {teacher_name} layers {t_layers} "
+            f"give {t_hw}: tap layers of the same strides (set --t_feature_layers to match --d_feature_layers)")
+    return [s[0] for s in s_shapes], [t[0] for t in t_shapes]
+
+
+class DistillationObjective(Objective):
+    """The task objective + output distillation + soft-label KL + feature distillation, as enabled.
+
+    `output_terms`: name -> MultiTeacher over OutputDistillation / SoftLabelKL (they follow --d_multi);
+    `feature_terms`: one FeatureDistillation per teacher (teachers of other widths cannot share adapters),
+    averaged. Teachers are kept in a plain list: they are neither trained, nor saved, nor parameters.
+    `pseudo_conf`: the teachers' detections above it become the unlabeled images' labels (None: the
+    unlabeled images get the distillation terms only). `off_last_epochs`: the student trains alone then.
+    """
+
+    def __init__(self, task, teachers, output_terms, feature_terms=(), feature_layers=(), teacher_layers=None,
+                 pseudo_conf=None, off_last_epochs=0):
+        super().__init__()
+        if not output_terms and not feature_terms:
+            raise ValueError("a distillation objective needs an output or a feature term")
+        self.task = task
+        self.teachers = list(teachers)
+        self.output_terms = nn.ModuleDict(output_terms)
+        self.feature_terms = nn.ModuleList(feature_terms)
+        self.feature_layers = tuple(feature_layers) if feature_terms else ()
+        self.teacher_layers = list(teacher_layers) if teacher_layers else [None] * len(self.teachers)
+        self.pseudo_conf, self.off_last_epochs, self.active = pseudo_conf, off_last_epochs, True
+        # not a submodule: the terms own the adapters (and their checkpoint keys); this routes them through DDP
+        self._adapt = [FeatureAdapters(self.feature_terms)] if feature_terms else []
+        self.item_names = tuple(task.item_names) + tuple(self._term_names())
+
+    def _term_names(self):
+        names = []
+        if "output" in self.output_terms:
+            names += ["dist_box", "dist_obj", "dist_cls"]
+        if "kl" in self.output_terms:
+            names += ["kd_cls"]
+        if self.feature_terms:
+            names += ["feat"]
+        if self.pseudo_conf is not None:
+            names += ["pseudo"]  # boxes per unlabeled image (0 in batches without any)
+        return names
+
+    # ------------------------------------------------------------ the interface
+    def on_epoch_start(self, epoch, epochs):
+        """Switch distillation off for the last `off_last_epochs` epochs (student fine-tunes alone)."""
+        self.active = epoch < epochs - self.off_last_epochs
+        if not self.active and epoch == epochs - self.off_last_epochs:
+            print(f"Distillation off from epoch {epoch} (--d_off_last {self.off_last_epochs})")
+
+    def trainable_modules(self):
+        return list(self._adapt)
+
+    def wrap_trainable(self, wrap):
+        self._adapt = [wrap(m) for m in self._adapt]
+        return list(self._adapt)
+
+    def forward(self, batch, raw, features=()):
+        if not self.active:  # the same columns, so results.csv stays rectangular
+            loss, items = self.task(batch, raw, features)
+            return loss, torch.cat((items, items.new_zeros(len(self.item_names) - len(items))))
+        teacher_outs = [DistillInputs(*run_teacher(t, batch.imgs, layers))
+                        for t, layers in zip(self.teachers, self.teacher_layers)]
+        batch, pseudo_per_image = self._pseudo_labelled(batch, teacher_outs)
+        task_loss, task_items = self.task(batch, raw, features)
+        student = DistillInputs(list(self.task.detection_levels(raw)), list(features or []))
+        soft, soft_items = self._soft_terms(student, teacher_outs)
+        if pseudo_per_image is not None:
+            soft_items.append(pseudo_per_image)
+        # every distillation term is per image over all B images: in the batch's units, x B
+        loss = task_loss + soft * batch.size
+        return loss, torch.cat((task_items, torch.stack([v.detach().float().reshape(()) for v in soft_items])))
+
+    # ------------------------------------------------------------ the parts
+    def _soft_terms(self, student, teacher_outs):
+        """The per-image sum of the distillation terms and their items, in item_names order."""
+        total, items = student.preds[0].new_zeros(()).float(), []
+        for term in self.output_terms.values():
+            loss, parts = term(student, teacher_outs)
+            total = total + loss
+            items += parts.values()
+        if self.feature_terms:
+            adapted = self._adapt[0](student.features)
+            losses = [term.loss_of_adapted(a, t.features)[0]
+                      for term, a, t in zip(self.feature_terms, adapted, teacher_outs)]
+            feat = sum(losses) / len(losses)
+            total = total + feat
+            items.append(feat.detach())
+        return total, items
+
+    def _pseudo_labelled(self, batch, teacher_outs):
+        """--d_pseudo: the unlabeled images take the teachers' confident boxes as targets, so the task
+        loss reads every image. Returns (batch, boxes per unlabeled image), or (batch, None) without it."""
+        if self.pseudo_conf is None:
+            return batch, None
+        zero = batch.targets.new_zeros(())
+        if batch.labelled is None or bool(batch.labelled.all()):
+            return batch, zero
+        levels = teacher_outs[0].preds if len(teacher_outs) == 1 else average_teachers(teacher_outs).preds
+        ids = torch.nonzero(~batch.labelled).view(-1).to(batch.imgs.device)
+        extra = pseudo_targets(detect_head(self.teachers[0]), levels, ids, batch.imgs.shape[2:], self.pseudo_conf)
+        targets = torch.cat((batch.targets, extra.to(batch.targets.dtype)))
+        return batch.relabelled(targets, torch.ones_like(batch.labelled)), zero + extra.shape[0] / len(ids)
+
+
+def output_terms_from(gains, d_output, d_weight, d_kl, temperature, alpha, multi_teacher, fork_units=False):
+    """The output terms (name -> MultiTeacher) the flags ask for; gains from `loss_gains(hyp)`."""
+    terms = {}
+    if d_output or d_kl:
+        multi_teacher = multi_mode(multi_teacher)
+    if d_output:
+        terms["output"] = MultiTeacher(OutputDistillation(gains, d_weight, fork_units=fork_units), multi_teacher)
+    if d_kl:
+        terms["kl"] = MultiTeacher(SoftLabelKL(T=temperature, alpha=alpha, gains=gains), multi_teacher)
+    return terms
+
+
+def feature_terms_from(student, teachers, loss, weight, s_layers, t_layers, standardize, tau):
+    """One FeatureDistillation per teacher on the tapped layers -> (terms, student layers, teacher layers)."""
+    given = s_layers
+    s_layers = list(s_layers or student.detect_input_layers())
+    terms, teacher_layers = [], []
+    for teacher in teachers:
+        # Same indices in the teacher (n/s/m/l/x share one layout) unless told otherwise; by default
+        # each side taps the layers that feed its own Detect.
+        layers = list(t_layers or given or teacher.detect_input_layers())
+        s_ch, t_ch = match_feature_taps(student, teacher, s_layers, layers,
+                                        f"teacher {getattr(teacher, 'source', '')}".strip())
+        teacher_layers.append(layers)
+        terms.append(FeatureDistillation(s_ch, t_ch, loss=loss, tau=tau, standardize=standardize, weight=weight))
+    return terms, s_layers, teacher_layers
+
+
+__all__ = ["DistillationObjective", "output_terms_from", "feature_terms_from", "match_feature_taps", "loss_gains"]
