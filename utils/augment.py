@@ -9,32 +9,9 @@ import math
 import cv2
 import numpy as np
 
+from utils.boxes import xywhn2xyxy
+
 PAD_VALUE = 114  # grey used by YOLOv5 for letterbox borders and empty mosaic area
-
-
-# ---------------------------------------------------------------- box formats
-def xywhn2xyxy(x, w, h, padw=0.0, padh=0.0):
-    """Normalised xywh -> pixel xyxy, shifted by the padding."""
-    y = np.empty_like(x)
-    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
-    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
-    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
-    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
-    return y
-
-
-def xyxy2xywhn(x, w, h, clip=False, eps=0.0):
-    """Pixel xyxy -> normalised xywh; optionally clip to the image first (less eps, as YOLOv5)."""
-    x = x.copy()
-    if clip:
-        x[:, [0, 2]] = x[:, [0, 2]].clip(0, w - eps)
-        x[:, [1, 3]] = x[:, [1, 3]].clip(0, h - eps)
-    y = np.empty_like(x)
-    y[:, 0] = (x[:, 0] + x[:, 2]) / 2 / w
-    y[:, 1] = (x[:, 1] + x[:, 3]) / 2 / h
-    y[:, 2] = (x[:, 2] - x[:, 0]) / w
-    y[:, 3] = (x[:, 3] - x[:, 1]) / h
-    return y
 
 
 # ---------------------------------------------------------------- resizing

@@ -20,8 +20,8 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from utils.augment import (augment_hsv, copy_paste_boxes, letterbox, mixup, mosaic4, random_flips,
-                           random_perspective, xywhn2xyxy, xyxy2xywhn)
+from utils.augment import augment_hsv, copy_paste_boxes, letterbox, mixup, mosaic4, random_flips, random_perspective
+from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.dataset_yaml import as_list
 from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, img2label_paths, list_image_files,
                                report, scan_with_cache, summarize, user_cache_dir, writable_dir,
