@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from utils.augment import (augment_hsv, box_candidates, copy_paste_boxes, letterbox, mixup, mosaic4,
-                           random_flips, random_perspective, xywhn2xyxy, xyxy2xywhn)
+                           random_flips, random_perspective)
+from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.datasets import LoadImagesAndLabels
 
 # Saturated, well separated colours (BGR); the background is the mosaic grey so borders blend away.

@@ -113,8 +113,8 @@ def _bad_dataset(root):
     _image(img / 'mixed.png')
     _label(lab / 'mixed.txt', '\n'.join([
         '0 0.5 0.5 0.2 0.2',  # good
-        '1 0.2 0.2 0.1',  # 4 columns
-        '1 0.2 0.2 0.1 0.1 0.3',  # 6 columns
+        '1 0.2 0.2 0.1',  # 3 coordinates: neither a box nor a polygon
+        '1 0.2 0.2 0.1 0.1 0.3',  # 5 coordinates
         'a 0.2 0.2 0.1 0.1',  # non-numeric
         '1 nan 0.2 0.1 0.1',  # non-finite
         '1 0.2 inf 0.1 0.1',  # non-finite
@@ -154,7 +154,7 @@ def test_bad_images_and_rows_are_reported_and_dropped(tmp_path, caplog):
     assert '2 found, 1 missing, 1 empty, 5 corrupt, 12 label rows dropped' in text
     for name in ('garbage.jpg', 'truncated.png', 'cut.jpg', 'tiny.png', 'badlabel.txt', 'mixed.txt'):
         assert name in text, name
-    for reason in ('wrong number of columns (lines 2, 3)', 'non-numeric value (line 4)',
+    for reason in ('odd number of coordinates (lines 2, 3)', 'non-numeric value (line 4)',
                    'non-finite value (lines 5, 6)', 'coordinates outside 0..1 (lines 7, 8)',
                    'zero-size box (line 9)', 'class id not a non-negative integer (lines 10, 11, 12)', 'duplicate row (line 13)'):
         assert reason in text, reason

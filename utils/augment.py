@@ -1,40 +1,21 @@
-"""Image + box augmentation as YOLOv5 does it: letterbox, mosaic, random perspective, HSV, flips, mixup.
+"""Image, box and polygon augmentation as YOLOv5 v7.0 does it: letterbox, mosaic, random perspective,
+HSV, flips, mixup, copy-paste.
 
 Images are HWC BGR uint8 (as cv2 reads them). Labels are `[n, 5]` = (class, box) where the box is
-pixel xyxy inside this module unless a name says `n` (normalised xywh). Every random draw comes
+pixel xyxy inside this module unless a name says `n` (normalised xywh). Polygons (segmentation) are
+lists of `(k, 2)` pixel xy arrays, one per label row, in the same order. Every random draw comes
 from the `rng` argument (a `numpy.random.Generator`) so that a sample is reproducible from its seed.
+The `*_polygons` variants draw exactly what their box-only twins draw.
 """
 import math
 
 import cv2
 import numpy as np
 
+from utils.boxes import xyn2xy, xywhn2xyxy
+
 PAD_VALUE = 114  # grey used by YOLOv5 for letterbox borders and empty mosaic area
-
-
-# ---------------------------------------------------------------- box formats
-def xywhn2xyxy(x, w, h, padw=0.0, padh=0.0):
-    """Normalised xywh -> pixel xyxy, shifted by the padding."""
-    y = np.empty_like(x)
-    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
-    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
-    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
-    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
-    return y
-
-
-def xyxy2xywhn(x, w, h, clip=False, eps=0.0):
-    """Pixel xyxy -> normalised xywh; optionally clip to the image first (less eps, as YOLOv5)."""
-    x = x.copy()
-    if clip:
-        x[:, [0, 2]] = x[:, [0, 2]].clip(0, w - eps)
-        x[:, [1, 3]] = x[:, [1, 3]].clip(0, h - eps)
-    y = np.empty_like(x)
-    y[:, 0] = (x[:, 0] + x[:, 2]) / 2 / w
-    y[:, 1] = (x[:, 1] + x[:, 3]) / 2 / h
-    y[:, 2] = (x[:, 2] - x[:, 0]) / w
-    y[:, 3] = (x[:, 3] - x[:, 1]) / h
-    return y
+POLYGON_POINTS = 1000  # v7.0 resamples every polygon to this many points before warping it
 
 
 # ---------------------------------------------------------------- resizing
@@ -126,6 +107,14 @@ def _clip_polygon(pts, width, height):
     return pts
 
 
+def _warp_points(points, M, perspective):
+    """Map (k, 2) points through the 3x3 matrix M (dividing by w only when there is a perspective term)."""
+    xy = np.ones((len(points), 3))
+    xy[:, :2] = points
+    xy = xy @ M.T
+    return xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]
+
+
 def transform_boxes(boxes, M, perspective, width, height):
     """Map xyxy boxes (n, 4) through M; each new box encloses the warped box clipped to the image.
 
@@ -133,10 +122,8 @@ def transform_boxes(boxes, M, perspective, width, height):
     cut by the image border tight around the part that is still visible.
     """
     n = len(boxes)
-    xy = np.ones((n * 4, 3))
-    xy[:, :2] = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)  # corners in polygon order
-    xy = xy @ M.T
-    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 4, 2)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)  # in polygon order
+    xy = _warp_points(corners, M, perspective).reshape(n, 4, 2)
     new = np.concatenate((xy.min(1), xy.max(1)), 1)
     axis_aligned = M[0, 1] == 0 and M[1, 0] == 0 and M[2, 0] == 0 and M[2, 1] == 0
     outside = (new[:, 0] < 0) | (new[:, 1] < 0) | (new[:, 2] > width) | (new[:, 3] > height)
@@ -149,9 +136,8 @@ def transform_boxes(boxes, M, perspective, width, height):
     return new
 
 
-def random_perspective(im, labels, rng, degrees=10, translate=0.1, scale=0.1, shear=10, perspective=0.0,
-                       border=(0, 0)):
-    """Random affine / perspective warp of image and pixel-xyxy labels; drops boxes that are mostly gone.
+def warp_image(im, rng, degrees, translate, scale, shear, perspective, border):
+    """Draw a random affine / perspective transform and warp `im` -> (im, M, scale drawn, width, height).
 
     `border` (negative for mosaic) crops the output: a 2s x 2s mosaic comes out s x s.
     """
@@ -163,12 +149,56 @@ def random_perspective(im, labels, rng, degrees=10, translate=0.1, scale=0.1, sh
             im = cv2.warpPerspective(im, M, dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
         else:  # affine is cheaper and exact when there is no perspective term
             im = cv2.warpAffine(im, M[:2], dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
+    return im, M, s, width, height
+
+
+def random_perspective(im, labels, rng, degrees=10, translate=0.1, scale=0.1, shear=10, perspective=0.0,
+                       border=(0, 0)):
+    """Random affine / perspective warp of image and pixel-xyxy labels; drops boxes that are mostly gone."""
+    im, M, s, width, height = warp_image(im, rng, degrees, translate, scale, shear, perspective, border)
     if len(labels):
         new = transform_boxes(labels[:, 1:5], M, perspective, width, height)
         keep = box_candidates(labels[:, 1:5].T * s, new.T, area_thr=0.10)
         labels = labels[keep]
         labels[:, 1:5] = new[keep]
     return im, labels
+
+
+def resample_polygons(polygons, n=POLYGON_POINTS):
+    """Each closed polygon (k, 2) -> n points evenly spaced in vertex index, as v7.0 resamples segments."""
+    out = []
+    for p in polygons:
+        closed = np.concatenate((p, p[:1]), 0)
+        t, knots = np.linspace(0, len(closed) - 1, n), np.arange(len(closed))
+        out.append(np.stack([np.interp(t, knots, closed[:, 0]), np.interp(t, knots, closed[:, 1])], 1))
+    return out
+
+
+def polygon_box(xy, width, height):
+    """xyxy box of the points of `xy` that lie inside the width x height image (zeros when none does).
+
+    On a densely resampled polygon this is the box of the polygon clipped to the image (v7.0's segment2box)."""
+    inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] <= height)
+    if not inside.any():
+        return np.zeros(4)
+    xy = xy[inside]
+    return np.concatenate((xy.min(0), xy.max(0)))
+
+
+def random_perspective_polygons(im, labels, polygons, rng, degrees=10, translate=0.1, scale=0.1, shear=10,
+                                perspective=0.0, border=(0, 0)):
+    """random_perspective for segmentation, as v7.0: each polygon is resampled to POLYGON_POINTS points and
+    warped, its box is the box of its warped points inside the image, and objects keeping under 1% of their
+    area are dropped with their polygons. Returns (im, labels, polygons)."""
+    im, M, s, width, height = warp_image(im, rng, degrees, translate, scale, shear, perspective, border)
+    if not len(labels):
+        return im, labels, []
+    warped = [_warp_points(p, M, perspective) for p in resample_polygons(polygons)]
+    new = np.array([polygon_box(xy, width, height) for xy in warped]).reshape(-1, 4)
+    keep = box_candidates(labels[:, 1:5].T * s, new.T, area_thr=0.01)
+    labels = labels[keep]
+    labels[:, 1:5] = new[keep]
+    return im, labels, [xy for xy, k in zip(warped, keep) if k]
 
 
 # ---------------------------------------------------------------- multi-image
@@ -189,27 +219,53 @@ def _mosaic_slots(i, xc, yc, w, h, s):
     return a, b
 
 
+def _mosaic_canvas(images, s, rng):
+    """Tile 4 images around a random centre of a 2s x 2s canvas -> (canvas, per tile (padw, padh))."""
+    border = -s // 2
+    yc, xc = (int(rng.uniform(-border, 2 * s + border)) for _ in range(2))
+    img4 = np.full((s * 2, s * 2, images[0].shape[2]), PAD_VALUE, dtype=np.uint8)
+    offsets = []
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_slots(i, xc, yc, w, h, s)
+        img4[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
+        offsets.append((x1a - x1b, y1a - y1b))
+    return img4, offsets
+
+
+def _mosaic(samples, s, rng):
+    """mosaic4's work, also returning each tile's (padw, padh) offset on the canvas."""
+    img4, offsets = _mosaic_canvas([im for im, _ in samples], s, rng)
+    labels4 = []
+    for (im, labels), (padw, padh) in zip(samples, offsets):
+        h, w = im.shape[:2]
+        lb = labels.copy()
+        if len(lb):
+            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, padw, padh)
+        labels4.append(lb)
+    labels4 = np.concatenate(labels4, 0) if labels4 else np.zeros((0, 5), np.float32)
+    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+    return img4, labels4, offsets
+
+
 def mosaic4(samples, s, rng):
     """Tile 4 (image, labels normalised xywh) around a random centre of a 2s x 2s canvas.
 
     Returns the canvas and pixel-xyxy labels clipped to it; random_perspective with border -s//2
     then crops it back to s x s.
     """
-    border = -s // 2
-    yc, xc = (int(rng.uniform(-border, 2 * s + border)) for _ in range(2))
-    img4 = np.full((s * 2, s * 2, samples[0][0].shape[2]), PAD_VALUE, dtype=np.uint8)
-    labels4 = []
-    for i, (im, labels) in enumerate(samples):
+    return _mosaic(samples, s, rng)[:2]
+
+
+def mosaic4_polygons(samples, polygons, s, rng):
+    """mosaic4 for segmentation: `polygons` (per sample, normalised (k, 2) arrays, one per label row) move
+    with their tiles and are clipped to the canvas like the boxes. Returns (img4, labels4, polygons4)."""
+    img4, labels4, offsets = _mosaic(samples, s, rng)
+    polygons4 = []
+    for (im, _), polys, (padw, padh) in zip(samples, polygons, offsets):
         h, w = im.shape[:2]
-        (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_slots(i, xc, yc, w, h, s)
-        img4[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
-        lb = labels.copy()
-        if len(lb):
-            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, x1a - x1b, y1a - y1b)
-        labels4.append(lb)
-    labels4 = np.concatenate(labels4, 0) if labels4 else np.zeros((0, 5), np.float32)
-    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
-    return img4, labels4
+        polygons4 += [np.clip(xyn2xy(p, w, h, padw, padh), 0, 2 * s) for p in polys]
+    return img4, labels4, polygons4
 
 
 def box_ioa(box, boxes, eps=1e-7):
@@ -242,6 +298,28 @@ def copy_paste_boxes(im, labels, rng, p=0.5):
     return im, labels
 
 
+def copy_paste_polygons(im, labels, polygons, rng, p=0.5):
+    """Copy-paste as v7.0 does it with segments: the pixels inside an object's polygon, mirrored left-right,
+    pasted at its mirrored place with a mirrored polygon; kept only where the copy's box covers under 30% of
+    every existing box. Returns (im, labels, polygons)."""
+    n = len(polygons)
+    if not (p and n):
+        return im, labels, polygons
+    w = im.shape[1]
+    polygons = list(polygons)
+    pasted = np.zeros(im.shape[:2], np.uint8)  # the source objects, in the unmirrored frame
+    for j in rng.permutation(n)[: round(p * n)]:
+        c, x1, y1, x2, y2 = labels[j]
+        box = np.array([w - x2, y1, w - x1, y2], np.float32)
+        if (box_ioa(box, labels[:, 1:5]) < 0.30).all():
+            labels = np.concatenate((labels, np.array([[c, *box]], labels.dtype)), 0)
+            polygons.append(np.stack((w - polygons[j][:, 0], polygons[j][:, 1]), 1))
+            cv2.fillPoly(pasted, [polygons[j].astype(np.int32)], 1)
+    where = cv2.flip(pasted, 1).astype(bool)
+    im[where] = cv2.flip(im, 1)[where]
+    return im, labels, polygons
+
+
 def mixup(im, labels, im2, labels2, rng):
     """Blend two training samples (ratio ~ Beta(32, 32), i.e. close to half-half) and keep both label sets."""
     r = rng.beta(32.0, 32.0)
@@ -249,14 +327,30 @@ def mixup(im, labels, im2, labels2, rng):
     return im, np.concatenate((labels, labels2), 0)
 
 
-def random_flips(im, labels_n, rng, flipud=0.0, fliplr=0.5):
-    """Up-down / left-right flips of an image and its normalised-xywh labels."""
-    if rng.random() < flipud:
+def mixup_polygons(im, labels, polygons, im2, labels2, polygons2, rng):
+    """mixup for segmentation: both samples' polygons are kept, in label order. -> (im, labels, polygons)."""
+    im, labels = mixup(im, labels, im2, labels2, rng)
+    return im, labels, list(polygons) + list(polygons2)
+
+
+def draw_flips(rng, flipud=0.0, fliplr=0.5):
+    """(flip up-down?, flip left-right?): both draws are always made, so later draws do not shift."""
+    return rng.random() < flipud, rng.random() < fliplr
+
+
+def apply_flips(im, labels_n, ud, lr):
+    """Flip an image and its normalised-xywh labels up-down (`ud`) and / or left-right (`lr`)."""
+    if ud:
         im = np.flipud(im)
         if len(labels_n):
             labels_n[:, 2] = 1 - labels_n[:, 2]
-    if rng.random() < fliplr:
+    if lr:
         im = np.fliplr(im)
         if len(labels_n):
             labels_n[:, 1] = 1 - labels_n[:, 1]
     return im, labels_n
+
+
+def random_flips(im, labels_n, rng, flipud=0.0, fliplr=0.5):
+    """Up-down / left-right flips of an image and its normalised-xywh labels."""
+    return apply_flips(im, labels_n, *draw_flips(rng, flipud, fliplr))

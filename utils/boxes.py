@@ -14,7 +14,9 @@ def _clone(x):
 
 def xyxy2xywh(x):
     """[x1, y1, x2, y2] -> [xc, yc, w, h] (any leading shape, last dim 4)."""
-    y = _clone(x)
+    if isinstance(x, torch.Tensor):
+        return torchvision.ops.box_convert(x, 'xyxy', 'cxcywh')
+    y = np.copy(x)
     y[..., 0] = (x[..., 0] + x[..., 2]) / 2
     y[..., 1] = (x[..., 1] + x[..., 3]) / 2
     y[..., 2] = x[..., 2] - x[..., 0]
@@ -23,8 +25,10 @@ def xyxy2xywh(x):
 
 
 def xywh2xyxy(x):
-    """[xc, yc, w, h] -> [x1, y1, x2, y2]."""
-    y = _clone(x)
+    """[xc, yc, w, h] -> [x1, y1, x2, y2] (any leading shape, last dim 4)."""
+    if isinstance(x, torch.Tensor):
+        return torchvision.ops.box_convert(x, 'cxcywh', 'xyxy')
+    y = np.copy(x)
     y[..., 0] = x[..., 0] - x[..., 2] / 2
     y[..., 1] = x[..., 1] - x[..., 3] / 2
     y[..., 2] = x[..., 0] + x[..., 2] / 2

@@ -1,6 +1,8 @@
-"""The detection Dataset and its DataLoader (YOLOv5 semantics).
+"""The detection / segmentation Dataset and its DataLoader (YOLOv5 v7.0 semantics).
 
-Batches are `(imgs uint8 [B,3,H,W] RGB, targets [n,6] (img_idx, cls, xc, yc, w, h), paths, shapes)`.
+Batches are `(imgs uint8 [B,3,H,W] RGB, targets [n,6] (img_idx, cls, xc, yc, w, h), paths, shapes)`;
+a segmentation dataset (`masks=True`, YOLO-seg polygon labels) adds the instance masks at 1/4 resolution
+as a fifth element (layouts in utils/polygon_masks.py).
 Augmentation randomness comes from a generator seeded by (seed, epoch, image index): the same seed
 gives the same batches whatever the number of workers. The sampler hands the epoch and the mosaic
 switch to the workers inside each sample key, so both work with persistent workers.
@@ -20,12 +22,15 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from utils.augment import (augment_hsv, copy_paste_boxes, letterbox, mixup, mosaic4, random_flips,
-                           random_perspective, xywhn2xyxy, xyxy2xywhn)
+from utils.augment import (apply_flips, augment_hsv, copy_paste_boxes, copy_paste_polygons, draw_flips, letterbox,
+                           mixup, mixup_polygons, mosaic4, mosaic4_polygons, random_perspective,
+                           random_perspective_polygons)
+from utils.boxes import xyn2xy, xywhn2xyxy, xyxy2xywhn
 from utils.dataset_yaml import as_list
-from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, img2label_paths, list_image_files,
-                               report, scan_with_cache, summarize, user_cache_dir, writable_dir,
-                               write_atomically)
+from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, check_polygon_rows, img2label_paths,
+                               list_image_files, report, scan_with_cache, summarize, user_cache_dir,
+                               writable_dir, write_atomically)
+from utils.polygon_masks import flip_masks, sample_masks
 
 LOGGER = logging.getLogger('yolov5')
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +82,18 @@ def _available_memory():
 
 
 class LoadImagesAndLabels(Dataset):
-    """Images + YOLO labels, verified and cached, with YOLOv5 training augmentation."""
+    """Images + YOLO labels, verified and cached, with YOLOv5 training augmentation.
+
+    `masks=True` makes it a segmentation dataset: every label row must be a polygon (`self.segments`
+    holds them, normalised), the polygons follow the augmentation, and a sample gains its masks at
+    1/`downsample_ratio` resolution (`overlap`: one instance-index map per image, as v7.0's default)."""
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=None, single_cls=False, stride=32, pad=0.0,
-                 prefix='', seed=0, nc=None, unlabeled=None):
+                 prefix='', seed=0, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4):
         self.img_size, self.augment = img_size, augment
+        self.masks, self.overlap, self.downsample_ratio = masks, overlap, downsample_ratio
+        self.segments = None  # segmentation only: per image, per label row its (k, 2) normalised polygon
         self.hyp = dict(hyp if hyp is not None else default_hyp() if augment else {})
         self.image_weights = image_weights
         self.rect = False if image_weights else rect
@@ -128,6 +139,9 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [r.im_file for r in kept]
         self.label_files = img2label_paths(self.im_files)
         self.labels = [r.labels.copy() for r in kept]
+        if self.masks:
+            check_polygon_rows(self.label_files, kept, where=f'{self.prefix}{path}')
+            self.segments = [r.polygons() for r in kept]
         self.shapes = np.array([r.shape for r in kept], np.float64).reshape(-1, 2)  # (w, h)
         if single_cls:  # every class becomes 0; nc is not checked (callers pass nc=1 here)
             for lb in self.labels:
@@ -164,6 +178,8 @@ class LoadImagesAndLabels(Dataset):
         self.im_files += [r.im_file for r in kept]
         self.label_files += [''] * len(kept)
         self.labels += [np.zeros((0, 5), np.float32) for _ in kept]
+        if self.masks:
+            self.segments += [[] for _ in kept]
         self.shapes = np.concatenate([self.shapes, np.array([r.shape for r in kept], np.float64).reshape(-1, 2)])
         self.is_unlabeled = np.concatenate([self.is_unlabeled, np.ones(len(kept), bool)])
         self.n += len(kept)
@@ -179,6 +195,8 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        if self.masks:
+            self.segments = [self.segments[i] for i in order]
         self.is_unlabeled = self.is_unlabeled[order]
         self.shapes, ar = self.shapes[order], ar[order]
         nb = self.batch[-1] + 1
@@ -316,33 +334,55 @@ class LoadImagesAndLabels(Dataset):
 
     def _get_sample(self, index, rng, use_mosaic):
         hyp = self.hyp
-        shapes = None
-        if use_mosaic and rng.random() < hyp.get('mosaic', 1.0):
-            img, labels = self.load_mosaic(index, rng)
-            if rng.random() < hyp.get('mixup', 0.0):
-                img, labels = mixup(img, labels, *self.load_mosaic(self._random_index(rng, like=index), rng), rng)
-        else:
-            img, labels, shapes = self._load_letterboxed(index)
-            if self.augment:
-                img, labels = random_perspective(img, labels, rng, degrees=hyp.get('degrees', 0.0),
-                                                 translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
-                                                 shear=hyp.get('shear', 0.0),
-                                                 perspective=hyp.get('perspective', 0.0))
+        img, labels, polygons, shapes = self._load_geometry(index, rng, use_mosaic)
         if len(labels):
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
+        masks = None
+        if self.masks:  # before the flips, which flip the masks with the image (as v7.0)
+            labels, masks = sample_masks(img.shape[:2], labels, polygons, self.overlap, self.downsample_ratio)
         if self.augment:
             augment_hsv(img, rng, hgain=hyp.get('hsv_h', 0.0), sgain=hyp.get('hsv_s', 0.0),
                         vgain=hyp.get('hsv_v', 0.0))
-            img, labels = random_flips(img, labels, rng, flipud=hyp.get('flipud', 0.0),
-                                       fliplr=hyp.get('fliplr', 0.0))
+            flips = draw_flips(rng, flipud=hyp.get('flipud', 0.0), fliplr=hyp.get('fliplr', 0.0))
+            img, labels = apply_flips(img, labels, *flips)
+            if masks is not None:
+                masks = flip_masks(masks, *flips)
         labels_out = torch.zeros((len(labels), 6))
         if len(labels):
             labels_out[:, 1:] = torch.from_numpy(np.asarray(labels, np.float32))
         img = np.ascontiguousarray(img.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
-        return torch.from_numpy(img), labels_out, self.im_files[index], shapes
+        sample = torch.from_numpy(img), labels_out, self.im_files[index], shapes
+        return sample if masks is None else (*sample, torch.from_numpy(masks))
+
+    def _load_geometry(self, index, rng, use_mosaic):
+        """Image, pixel-xyxy labels, their pixel polygons (None for detection) and val shapes, after
+        mosaic / mixup or letterbox and the random perspective."""
+        hyp = self.hyp
+        if use_mosaic and rng.random() < hyp.get('mosaic', 1.0):
+            img, labels, polygons = self.load_mosaic(index, rng)
+            if rng.random() < hyp.get('mixup', 0.0):
+                other = self.load_mosaic(self._random_index(rng, like=index), rng)
+                if polygons is None:
+                    img, labels = mixup(img, labels, *other[:2], rng)
+                else:
+                    img, labels, polygons = mixup_polygons(img, labels, polygons, *other, rng)
+            return img, labels, polygons, None
+        img, labels, polygons, shapes = self._load_letterboxed(index)
+        if self.augment:
+            img, labels, polygons = self._random_perspective(img, labels, polygons, rng)
+        return img, labels, polygons, shapes
+
+    def _random_perspective(self, img, labels, polygons, rng, border=(0, 0)):
+        hyp = self.hyp
+        kw = dict(degrees=hyp.get('degrees', 0.0), translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
+                  shear=hyp.get('shear', 0.0), perspective=hyp.get('perspective', 0.0), border=border)
+        if polygons is None:
+            return (*random_perspective(img, labels, rng, **kw), None)
+        return random_perspective_polygons(img, labels, polygons, rng, **kw)
 
     def _load_letterboxed(self, index):
-        """One image letterboxed to img_size (or its rect batch shape) with pixel-xyxy labels and val shapes."""
+        """One image letterboxed to img_size (or its rect batch shape) with pixel-xyxy labels, their pixel
+        polygons (None for detection) and val shapes."""
         img, (h0, w0), (h, w) = self.load_image(index)
         shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
         img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
@@ -352,31 +392,40 @@ class LoadImagesAndLabels(Dataset):
         labels = self.labels[index].copy()
         if len(labels):
             labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
-        return img, labels, shapes
+        polygons = None
+        if self.masks:
+            polygons = [xyn2xy(p, ratio[0] * w, ratio[1] * h, pad[0], pad[1]) for p in self.segments[index]]
+        return img, labels, polygons, shapes
 
     def load_mosaic(self, index, rng):
-        """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective.
+        """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective
+        -> (img, pixel-xyxy labels, pixel polygons or None for detection).
 
         Partners come from `index`'s own pool: a mosaic is all labelled or all unlabeled, so one flag per
         image says whether the detection loss may read its (missing) boxes."""
         hyp, s = self.hyp, self.img_size
         indices = rng.permutation([index] + [self._random_index(rng, like=index) for _ in range(3)])
         samples = [(self.load_image(int(i))[0], self.labels[int(i)]) for i in indices]
-        img4, labels4 = mosaic4(samples, s, rng)
-        img4, labels4 = copy_paste_boxes(img4, labels4, rng, p=hyp.get('copy_paste', 0.0))
-        return random_perspective(img4, labels4, rng, degrees=hyp.get('degrees', 0.0),
-                                  translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
-                                  shear=hyp.get('shear', 0.0), perspective=hyp.get('perspective', 0.0),
-                                  border=(-s // 2, -s // 2))
+        if self.masks:
+            img4, labels4, polygons4 = mosaic4_polygons(samples, [self.segments[int(i)] for i in indices], s, rng)
+            img4, labels4, polygons4 = copy_paste_polygons(img4, labels4, polygons4, rng,
+                                                           p=hyp.get('copy_paste', 0.0))
+        else:
+            img4, labels4 = mosaic4(samples, s, rng)
+            img4, labels4 = copy_paste_boxes(img4, labels4, rng, p=hyp.get('copy_paste', 0.0))
+            polygons4 = None
+        return self._random_perspective(img4, labels4, polygons4, rng, border=(-s // 2, -s // 2))
 
 
 # ================================================================ loader
 def collate_fn(batch):
-    """Stack images; concatenate targets with column 0 set to the image's index in the batch."""
-    im, label, path, shapes = zip(*batch)
+    """Stack images; concatenate targets with column 0 set to the image's index in the batch, and the
+    masks of segmentation samples (overlap: [B, h, w] index maps; else [n, h, w], one per target row)."""
+    im, label, path, shapes, *masks = zip(*batch)
     for i, lb in enumerate(label):
         lb[:, 0] = i
-    return torch.stack(im, 0), torch.cat(label, 0), path, shapes
+    out = torch.stack(im, 0), torch.cat(label, 0), path, shapes
+    return (*out, torch.cat(masks[0], 0)) if masks else out
 
 
 def _sample_keys(indices, epoch, mosaic):
@@ -428,16 +477,18 @@ def seed_worker(worker_id):
 
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, cache=None, rect=False,
                       rank=-1, workers=8, pad=0.0, shuffle=False, seed=0, single_cls=False, prefix='',
-                      image_weights=False, nc=None, unlabeled=None):
+                      image_weights=False, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4):
     """Build the dataset and its loader -> (loader, dataset). `nc` enables the class-id check;
-    `unlabeled` (path or list) adds images without labels, flagged in `dataset.is_unlabeled`."""
+    `unlabeled` (path or list) adds images without labels, flagged in `dataset.is_unlabeled`;
+    `masks` makes batches carry instance masks (segmentation; `overlap` picks v7.0's layout)."""
     if rect and shuffle:
         LOGGER.warning(f'{prefix}WARNING: --rect is incompatible with shuffling; shuffle=False')
         shuffle = False
     dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                   image_weights=image_weights, cache_images=cache, single_cls=single_cls,
                                   stride=int(stride), pad=pad, prefix=prefix, seed=seed, nc=nc,
-                                  unlabeled=unlabeled)
+                                  unlabeled=unlabeled, masks=masks, overlap=overlap,
+                                  downsample_ratio=downsample_ratio)
     batch_size = min(batch_size, len(dataset))
     nd = max(torch.cuda.device_count(), 1)
     nw = min((os.cpu_count() or 1) // nd, batch_size if batch_size > 1 else 0, workers)

@@ -2,7 +2,9 @@
 
 Every image and label is checked once; the outcome is stored in a `.cache` file (plain numpy
 arrays, never pickles) keyed by the paths, sizes and modification times of all files, so a
-changed file re-triggers the scan. Bad images are dropped, bad label rows are dropped, and
+changed file re-triggers the scan. A label row is a box (`class xc yc w h`) or a YOLO-seg polygon
+(`class x1 y1 ... xn yn`, n >= 3): a polygon row's box is the box of its points, and its points are
+kept too (for segmentation). Bad images are dropped, bad label rows are dropped, and
 everything dropped is reported. Class ids are kept as the files give them: whether they fit the
 dataset's `nc` is decided afterwards (`check_class_ids`), so the cache does not depend on nc.
 """
@@ -22,7 +24,7 @@ from PIL import Image
 LOGGER = logging.getLogger('yolov5')
 
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
-CACHE_VERSION = 'yolov5-distill-labels-2'  # 2: class ids >= nc are kept (checked after the scan)
+CACHE_VERSION = 'yolov5-distill-labels-3'  # 2: class ids >= nc kept (checked after the scan); 3: polygons kept
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
 MIN_FILES_FOR_PROCESSES = 100  # below this, starting worker processes costs more than it saves
 MIN_IMAGE_SIDE = 10  # pixels; smaller images are almost certainly broken
@@ -42,6 +44,13 @@ class ScanRecord:
     shape: tuple = (0, 0)  # (w, h) after EXIF rotation
     dropped_rows: int = 0
     message: str = ''
+    point_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per row; 0: a box row
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))  # all polygons' xy
+
+    def polygons(self):
+        """Per label row its normalised polygon (k, 2), or None for a box row."""
+        parts = np.split(self.points, np.cumsum(self.point_counts)[:-1]) if len(self.point_counts) else []
+        return [p if k else None for p, k in zip(parts, self.point_counts)]
 
 
 # ---------------------------------------------------------------- file lists
@@ -129,14 +138,25 @@ def _row_to_box(values):
     return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
 
 
+def _check_column_count(n_coords):
+    """A box has 4 coordinates, a polygon an even number >= 6 (3 points); anything else says why not."""
+    if n_coords == 4:
+        return
+    if n_coords == 0:
+        raise ValueError('no coordinates')
+    if n_coords % 2:
+        raise ValueError('odd number of coordinates')
+    if n_coords < 6:
+        raise ValueError('polygon with fewer than 3 points')
+
+
 def parse_label_row(tokens, nc=None):
-    """One label row -> [cls, xc, yc, w, h], or raise ValueError naming the reason it is dropped.
+    """One label row -> ([cls, xc, yc, w, h], polygon (k, 2) or None for a box row), or raise ValueError
+    naming the reason it is dropped.
 
     With `nc`, a class id >= nc is also a reason; the dataset scan passes None and checks class ids
     against nc for the whole dataset instead (a too-small nc is a YAML error, not a bad row)."""
-    n = len(tokens)
-    if not (n == 5 or (n >= 7 and (n - 1) % 2 == 0)):  # box, or polygon with >= 3 points
-        raise ValueError('wrong number of columns')
+    _check_column_count(len(tokens) - 1)
     try:
         values = [float(t) for t in tokens]
     except ValueError:
@@ -151,19 +171,21 @@ def parse_label_row(tokens, nc=None):
     box = _row_to_box(coords)
     if box[2] <= 0 or box[3] <= 0:
         raise ValueError('zero-size box')
-    return [cls] + list(box)
+    polygon = np.array(coords, np.float32).reshape(-1, 2) if len(coords) > 4 else None
+    return [cls] + list(box), polygon
 
 
-def read_labels(lb_file, nc=None):
-    """Parse a label file -> (labels [n, 5] float32, {reason: [line numbers]} of dropped rows)."""
+def read_label_file(lb_file, nc=None):
+    """Parse a label file -> (labels [n, 5] float32, per row its polygon (k, 2) or None,
+    {reason: [line numbers]} of dropped rows)."""
     text = Path(lb_file).read_text(encoding='utf-8')
-    rows, problems, seen = [], {}, set()
+    rows, polygons, problems, seen = [], [], {}, set()
     for k, line in enumerate(text.splitlines(), 1):
         tokens = line.split()
         if not tokens:
             continue
         try:
-            row = parse_label_row(tokens, nc)
+            row, polygon = parse_label_row(tokens, nc)
             key = tuple(np.float32(row))
             if key in seen:
                 raise ValueError('duplicate row')
@@ -172,7 +194,21 @@ def read_labels(lb_file, nc=None):
             continue
         seen.add(key)
         rows.append(row)
-    return np.array(rows, np.float32).reshape(-1, 5), problems
+        polygons.append(polygon)
+    return np.array(rows, np.float32).reshape(-1, 5), polygons, problems
+
+
+def read_labels(lb_file, nc=None):
+    """Parse a label file -> (labels [n, 5] float32, {reason: [line numbers]} of dropped rows)."""
+    labels, _, problems = read_label_file(lb_file, nc)
+    return labels, problems
+
+
+def _pack_polygons(polygons):
+    """Per-row polygons (or None) -> (point counts [n] int64, all points [m, 2] float32) for the cache."""
+    counts = np.array([0 if p is None else len(p) for p in polygons], np.int64)
+    points = [p for p in polygons if p is not None]
+    return counts, np.concatenate(points) if points else np.zeros((0, 2), np.float32)
 
 
 def _describe_problems(problems):
@@ -197,13 +233,15 @@ def verify_image_label(im_file, lb_file):
     if not os.path.isfile(lb_file):
         return ScanRecord(im_file, 'missing', shape=shape)
     try:
-        labels, problems = read_labels(lb_file)
+        labels, polygons, problems = read_label_file(lb_file)
     except (OSError, UnicodeDecodeError) as e:
         return ScanRecord(im_file, 'corrupt', message=f'{lb_file}: unreadable label file ({e}); image dropped')
     dropped = sum(len(v) for v in problems.values())
     msg = f'{lb_file}: {dropped} row(s) dropped: {_describe_problems(problems)}' if problems else ''
     status = 'found' if len(labels) else 'empty'
-    return ScanRecord(im_file, status, labels, shape, dropped_rows=dropped, message=msg)
+    counts, points = _pack_polygons(polygons)
+    return ScanRecord(im_file, status, labels, shape, dropped_rows=dropped, message=msg, point_counts=counts,
+                      points=points)
 
 
 def _process_context():
@@ -293,9 +331,16 @@ def save_cache(path, records, hash_):
         shapes=np.array([r.shape for r in records], np.int64).reshape(-1, 2),
         dropped=np.array([r.dropped_rows for r in records], np.int64),
         lengths=lengths,
-        labels=np.concatenate([r.labels for r in records]) if records else np.zeros((0, 5), np.float32))
+        labels=np.concatenate([r.labels for r in records]) if records else np.zeros((0, 5), np.float32),
+        point_counts=np.concatenate([r.point_counts for r in records]) if records else np.zeros(0, np.int64),
+        points=np.concatenate([r.points for r in records]) if records else np.zeros((0, 2), np.float32))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _split(array, lengths):
+    """Consecutive pieces of `array` with the given lengths."""
+    return np.split(array, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
 def load_cache(path, hash_):
@@ -304,10 +349,12 @@ def load_cache(path, hash_):
         with np.load(path, allow_pickle=False) as z:
             if str(z['version']) != CACHE_VERSION or str(z['hash']) != hash_:
                 return None
-            labels = np.split(z['labels'], np.cumsum(z['lengths'])[:-1]) if len(z['lengths']) else []
-            return [ScanRecord(str(f), str(s), lb.astype(np.float32), tuple(int(v) for v in sh), int(d), str(m))
-                    for f, s, lb, sh, d, m in zip(z['im_files'], z['status'], labels, z['shapes'],
-                                                   z['dropped'], z['messages'])]
+            labels, counts = _split(z['labels'], z['lengths']), _split(z['point_counts'], z['lengths'])
+            points = _split(z['points'], [c.sum() for c in counts])
+            return [ScanRecord(str(f), str(s), lb.astype(np.float32), tuple(int(v) for v in sh), int(d), str(m),
+                               c.astype(np.int64), p.astype(np.float32))
+                    for f, s, lb, sh, d, m, c, p in zip(z['im_files'], z['status'], labels, z['shapes'],
+                                                         z['dropped'], z['messages'], counts, points)]
     except Exception:  # missing, unreadable, or from another version: rescan
         return None
 
@@ -360,6 +407,16 @@ def check_class_ids(label_files, labels, nc, where):
         files = _short_file_list([f for f, _ in bad])
         raise DatasetError(f'{where}: labels have class {top} but nc={nc}: {files}; '
                            f'set nc/names in the dataset YAML to cover every class id (0..{top})')
+
+
+def check_polygon_rows(label_files, records, where):
+    """Raise DatasetError when a label file of a segmentation dataset has box-only rows: they have no
+    mask to learn from, and v7.0 would silently turn them into two-point 'polygons'."""
+    bad = [f for f, r in zip(label_files, records) if (r.point_counts == 0).any()]
+    if bad:
+        raise DatasetError(f'{where}: box-only label rows (class xc yc w h) in a segmentation dataset: '
+                           f'{_short_file_list(bad)}; every row needs a polygon (class x1 y1 x2 y2 ... xn yn, '
+                           f'normalised): add polygons, or train a detection model (not -seg) on this data')
 
 
 # ---------------------------------------------------------------- report

@@ -6,7 +6,10 @@ vs wide rectangle, plain vs dotted triangle) that only fine texture or aspect te
 are random, so colour never gives the class away. Output is PNG + YOLO txt, byte-identical for a
 given seed and options.
 
-CLI: python -m utils.synthetic --out DIR --n-train 400 --n-val 100 --imgsz 160 --seed 0
+With `polygons` the labels are YOLO-seg polygons of each object's visible pixels (the segmentation
+twin of the set: same images, data/synthetic-seg.yaml).
+
+CLI: python -m utils.synthetic --out DIR --n-train 400 --n-val 100 --imgsz 160 --seed 0 [--polygons]
 """
 import argparse
 import json
@@ -138,6 +141,13 @@ def _try_place(id_map, areas, mask, x0, y0):
 
 def render_image(rng, s, max_objects):
     """One image (HWC BGR uint8) and its labels [n, 5] (class, xc, yc, w, h normalised)."""
+    img, id_map, classes = render_scene(rng, s, max_objects)
+    return img, _labels_from_id_map(id_map, classes, s)
+
+
+def render_scene(rng, s, max_objects):
+    """One image (HWC BGR uint8), its object-id map (0 = background, k = object k, as visible) and
+    {object id: class}."""
     img = _background(rng, s)
     id_map = np.zeros((s, s), np.int32)
     areas, classes = {}, {}
@@ -169,37 +179,80 @@ def render_image(rng, s, max_objects):
     img = np.clip(img, 0, 255).astype(np.uint8)
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
-    return img, _labels_from_id_map(id_map, classes, s)
+    return img, id_map, classes
+
+
+def _visible_objects(id_map, classes):
+    """(object id, class, visible pixels' xs, ys) of every object at least 2 pixels wide and tall."""
+    for k, cls in classes.items():
+        ys, xs = np.nonzero(id_map == k)
+        if len(xs) and xs.max() - xs.min() >= 1 and ys.max() - ys.min() >= 1:
+            yield k, cls, xs, ys
 
 
 def _labels_from_id_map(id_map, classes, s):
     """Boxes of the visible part of each object (what a human annotator would draw)."""
     rows = []
-    for k, cls in classes.items():
-        ys, xs = np.nonzero(id_map == k)
-        if len(xs) == 0:
-            continue
+    for _, cls, xs, ys in _visible_objects(id_map, classes):
         x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        if x2 - x1 < 2 or y2 - y1 < 2:
-            continue
         rows.append([cls, (x1 + x2) / 2 / s, (y1 + y2) / 2 / s, (x2 - x1) / s, (y2 - y1) / s])
     return np.array(rows, np.float64).reshape(-1, 5)
 
 
+def mask_polygon(mask):
+    """One pixel polygon (k, 2) whose filling (cv2.fillPoly) redraws the binary `mask`: every outline and
+    hole (ring, an occluder's bite) is joined to the rest by a zero-width bridge at their closest points,
+    so a single YOLO-seg row describes a ring or an object cut in two."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parts = sorted((c.reshape(-1, 2) for c in contours), key=len, reverse=True)
+    if not parts:
+        return np.zeros((0, 2), np.int32)
+    poly = parts[0]
+    for part in parts[1:]:
+        d = ((poly[:, None, :] - part[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(d.argmin(), d.shape)
+        poly = np.concatenate((poly[:i + 1], np.roll(part, -j, 0), part[j:j + 1], poly[i:]))
+    return poly
+
+
+def _polygons_from_id_map(id_map, classes, s):
+    """YOLO-seg rows (class, normalised polygon (k, 2)) of the visible part of the objects that get a box.
+    Points are pixel centres, so the polygon redraws exactly the object's pixels at this size."""
+    rows = []
+    for k, cls, _, _ in _visible_objects(id_map, classes):
+        poly = mask_polygon(id_map == k)
+        if len(poly) >= 3:  # a diagonal line of pixels has no area as a polygon: no mask to learn
+            rows.append((cls, (poly + 0.5) / s))
+    return rows
+
+
 # ---------------------------------------------------------------- dataset
-def _write_split(root, split, n, imgsz, seed, max_objects):
+def _label_lines(id_map, classes, s, polygons):
+    if polygons:
+        return ''.join(f'{cls} ' + ' '.join(f'{v:.6f}' for v in poly.reshape(-1)) + '\n'
+                       for cls, poly in _polygons_from_id_map(id_map, classes, s))
+    labels = _labels_from_id_map(id_map, classes, s)
+    return ''.join(f'{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n' for c, x, y, w, h in labels)
+
+
+def _write_split(root, split, n, imgsz, seed, max_objects, polygons=False):
     im_dir, lb_dir = root / 'images' / split, root / 'labels' / split
     im_dir.mkdir(parents=True, exist_ok=True)
     lb_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng([seed, SPLITS.index(split), i])  # each image has its own stream
-        img, labels = render_image(rng, imgsz, max_objects)
+        img, id_map, classes = render_scene(rng, imgsz, max_objects)
         cv2.imwrite(str(im_dir / f'{i:06d}.png'), img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        lines = ''.join(f'{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n' for c, x, y, w, h in labels)
-        (lb_dir / f'{i:06d}.txt').write_text(lines)
+        (lb_dir / f'{i:06d}.txt').write_text(_label_lines(id_map, classes, imgsz, polygons))
 
 
 def _options(opts):
+    """Validated generator options; `polygons: true` (segmentation labels) is kept only when set, so the
+    detection set's manifest and files stay what they were before polygons existed."""
+    opts = dict(opts)
+    polygons = opts.pop('polygons', False)
+    if polygons not in (True, False):  # 1 == True, so YAML's true and a CLI 1 both pass
+        raise DatasetError(f'synthetic option polygons must be true or false, got {polygons!r}')
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
         raise DatasetError(f'unknown synthetic options {sorted(unknown)}; valid: {sorted(DEFAULTS)}')
@@ -211,7 +264,7 @@ def _options(opts):
     if o['n_train'] < 1 or o['n_val'] < 1 or o['imgsz'] < 32 or o['max_objects'] < 2:
         raise DatasetError(f'synthetic options out of range: {o} (need n_train, n_val >= 1, imgsz >= 32, '
                            f'max_objects >= 2)')
-    return o
+    return {**o, 'polygons': True} if polygons else o
 
 
 def _manifest(o):
@@ -223,7 +276,7 @@ def generate(out, **opts):
     o = _options(opts)
     out = Path(out)
     for split in SPLITS:
-        _write_split(out, split, o[f'n_{split}'], o['imgsz'], o['seed'], o['max_objects'])
+        _write_split(out, split, o[f'n_{split}'], o['imgsz'], o['seed'], o['max_objects'], o.get('polygons', False))
     names = ', '.join(f"'{n}'" for n in CLASS_NAMES)
     (out / 'dataset.yaml').write_text(f'# Generated by utils/synthetic.py with {o}\npath: .\ntrain: images/train\n'
                                       f'val: images/val\nnc: {len(CLASS_NAMES)}\nnames: [{names}]\n')
@@ -280,13 +333,15 @@ def main(argv=None):
     ap.add_argument('--imgsz', type=int, default=DEFAULTS['imgsz'], help='square image size in pixels')
     ap.add_argument('--seed', type=int, default=DEFAULTS['seed'], help='random seed (same seed, same bytes)')
     ap.add_argument('--max-objects', type=int, default=DEFAULTS['max_objects'], help='most objects per image')
+    ap.add_argument('--polygons', action='store_true', help='YOLO-seg polygon labels (segmentation) instead of boxes')
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.exists() and any(out.iterdir()):
         ap.error(f'{out} is not empty')
     t = time.time()
     try:
-        generate(out, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, seed=a.seed, max_objects=a.max_objects)
+        generate(out, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, seed=a.seed, max_objects=a.max_objects,
+                 polygons=a.polygons)
     except DatasetError as e:
         ap.error(str(e))
     print(f'Wrote {a.n_train} train + {a.n_val} val images to {out} in {time.time() - t:.1f}s; '
