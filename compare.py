@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from distill.losses import FEATURE_WEIGHTS
+from utils.cli import UserError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_NOISE = 0.005
@@ -97,7 +98,7 @@ def metric_column(df_columns, metric):
         if c in df_columns:
             return c
     options = [c.replace('metrics/', '') for c in df_columns if c.startswith('metrics/')]
-    raise ValueError(f'--metric {metric} is not a results.csv column; choose from {options}')
+    raise UserError(f'--metric {metric} is not a results.csv column; choose from {options}')
 
 
 def best_value(run, metric):
@@ -458,11 +459,11 @@ def run(runs=(), csv_file=None, md=None, plot=None, metric='mAP_0.5:0.95', basel
         teacher_map=None, costs=True, seeds=False, val=None):
     """Print the table; optionally write CSV / Markdown / plot. Returns the table rows."""
     if noise is not None and noise < 0:
-        raise ValueError(f'--noise must be >= 0, got {noise}')
+        raise UserError(f'--noise must be >= 0, got {noise}')
     loaded = load_runs(find_runs(runs or [ROOT / 'runs' / 'train']), val)
     for r in loaded:  # fail early with the list of choices
         if val and metric.replace('metrics/', '') not in r['val']:
-            raise ValueError(f'--metric {metric} is not in {r["dir"]}/val_{val}.json; choose from '
+            raise UserError(f'--metric {metric} is not in {r["dir"]}/val_{val}.json; choose from '
                              f'{[k for k, v in r["val"].items() if isinstance(v, float)]}')
         if not val:
             metric_column(r['results'].columns, metric)

@@ -61,7 +61,7 @@ def load_detector(weights, device, half):
 def check_classes(classes, nc):
     bad = [c for c in classes or [] if not 0 <= int(c) < nc]
     if bad:
-        raise ValueError(f'--classes {bad} out of range: the model has {nc} classes (0..{nc - 1})')
+        raise UserError(f'--classes {bad} out of range: the model has {nc} classes (0..{nc - 1})')
 
 
 def label_text(names, cls, conf, hide_labels, hide_conf):
@@ -139,9 +139,9 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
         hide_conf=False, half=False, vid_stride=1):
     """Detect on `source`; returns the run folder (runs/detect/expN). Arguments mirror the CLI flags."""
     if not (0 <= conf_thres <= 1 and 0 <= iou_thres <= 1):
-        raise ValueError(f'--conf-thres {conf_thres} and --iou-thres {iou_thres} must lie in [0, 1]')
+        raise UserError(f'--conf-thres {conf_thres} and --iou-thres {iou_thres} must lie in [0, 1]')
     if max_det < 1:
-        raise ValueError(f'--max-det must be >= 1, got {max_det}')
+        raise UserError(f'--max-det must be >= 1, got {max_det}')
     if view_img:
         check_display()
     collect_files(source)  # fail on a bad --source before spending time on the model

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from models.yolo import Detect
+from utils.cli import UserError
 from utils.sources import check_imgsz
 from utils.torch_utils import select_device
 
@@ -45,11 +46,11 @@ def check_options(include, half, dynamic, device):
     include = [x.lower() for x in include]
     unknown = [x for x in include if x not in FORMATS]
     if unknown:
-        raise ValueError(f'--include {unknown} not supported; choose from {list(FORMATS)}')
+        raise UserError(f'--include {unknown} not supported; choose from {list(FORMATS)}')
     if half and device.type == 'cpu':
-        raise ValueError('--half only works for a GPU export, i.e. use --device 0')
+        raise UserError('--half only works for a GPU export, i.e. use --device 0')
     if half and dynamic:
-        raise ValueError('--half is not compatible with --dynamic; use one or the other')
+        raise UserError('--half is not compatible with --dynamic; use one or the other')
     return include
 
 
@@ -182,7 +183,7 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', imgsz=(640, 640), batc
         include=('torchscript',), half=False, dynamic=False, opset=17, simplify=False, project=None, check=True):
     """Export `weights`; returns {format: file}. Arguments mirror the CLI flags."""
     if batch_size < 1:
-        raise ValueError(f'--batch-size must be >= 1, got {batch_size}')
+        raise UserError(f'--batch-size must be >= 1, got {batch_size}')
     device = select_device(device)
     include = check_options(include, half, dynamic, device)
     model = prepare_model(weights, device, half)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cli import UserError
 from utils.coco_eval import coco80_to_coco91_class, is_coco_dataset, save_and_evaluate
 from utils.evaluate import PER_CLASS_MAX_NC, EvalResult, build_loader, evaluate, print_results
 from utils.files import increment_path, shown_path
@@ -24,9 +25,9 @@ def check_args(conf_thres, iou_thres, batch_size):
     """Refuse impossible thresholds and batch sizes before anything is loaded (one-line ValueError)."""
     for flag, value in (("--conf-thres", conf_thres), ("--iou-thres", iou_thres)):
         if not 0 <= value <= 1:
-            raise ValueError(f"{flag} {value} is out of range; give a value between 0 and 1")
+            raise UserError(f"{flag} {value} is out of range; give a value between 0 and 1")
     if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} is out of range; give a whole number > 0")
+        raise UserError(f"--batch-size {batch_size} is out of range; give a whole number > 0")
 
 
 def _load_model(weights, device, half):
@@ -34,7 +35,7 @@ def _load_model(weights, device, half):
     from models.checkpoint import load_model
     weights = weights[0] if isinstance(weights, (list, tuple)) else weights
     if weights is None:
-        raise ValueError("val.py needs --weights (a .pt checkpoint)")
+        raise UserError("val.py needs --weights (a .pt checkpoint)")
     model, meta = load_model(weights, device=device, fuse=True)
     return (model.half() if half else model.float()), meta, weights
 
@@ -57,7 +58,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     imgsz = check_imgsz(imgsz or meta.get("imgsz") or 640, stride)[0]  # square
     nc = 1 if single_cls else int(data["nc"])
     if not single_cls and int(model.model[-1].nc) != nc:
-        raise ValueError(f"{weights} has {int(model.model[-1].nc)} classes but {data.get('yaml_file', 'the data')} "
+        raise UserError(f"{weights} has {int(model.model[-1].nc)} classes but {data.get('yaml_file', 'the data')} "
                          f"has nc={nc}; pass matching --weights and --data")
     loader = build_loader(data, task, imgsz, batch_size, stride, single_cls, workers)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and data are good

@@ -11,11 +11,12 @@ import torch
 
 from models.checkpoint import load_model
 from models.yolo import Model
+from utils.cli import UserError
 from utils.files import resolve_file
 from utils.torch_utils import to_channels_last
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(UserError):
     """Teacher and student cannot be distilled output-to-output."""
 
 

@@ -6,6 +6,8 @@ its own mistakes (the reference fork's VisDrone student got worse this way).
 import csv
 from pathlib import Path
 
+from utils.cli import UserError
+
 CLEAR_MARGIN = 0.01  # mAP@0.5:0.95 points a teacher must lead by to count as "clearly better"
 
 
@@ -15,7 +17,7 @@ def best_map_from_results(csv_path):
         rows = list(csv.DictReader(f))
     values = [float(r["metrics/mAP_0.5:0.95"]) for r in rows if r.get("metrics/mAP_0.5:0.95")]
     if not values:
-        raise ValueError(f"{csv_path} holds no mAP@0.5:0.95 values")
+        raise UserError(f"{csv_path} holds no mAP@0.5:0.95 values")
     return max(values)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, make_divisible
+from utils.cli import UserError
 
 LOGGER = logging.getLogger('yolov5')
 MODELS_DIR = Path(__file__).resolve().parent
@@ -31,9 +32,9 @@ class Detect(nn.Module):
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2
         if any(len(a) != 2 * self.na for a in anchors):
-            raise ValueError(f'every detection level needs the same number of anchors, got {anchors}')
+            raise UserError(f'every detection level needs the same number of anchors, got {anchors}')
         if len(ch) != self.nl:
-            raise ValueError(f'Detect has {self.nl} anchor levels but {len(ch)} input layers')
+            raise UserError(f'Detect has {self.nl} anchor levels but {len(ch)} input layers')
         # Pixels here; Model divides by the stride once it is known (official checkpoints hold
         # stride units under `model.24.anchors`).
         self.register_buffer('anchors', torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2))
@@ -116,13 +117,13 @@ def load_model_yaml(cfg):
         with open(path, encoding='utf-8', errors='ignore') as f:
             d = yaml.safe_load(f)
         if not isinstance(d, dict):
-            raise ValueError(f'{path} is not a model config (expected a YAML mapping)')
+            raise UserError(f'{path} is not a model config (expected a YAML mapping)')
         d['yaml_file'] = path.name
     missing = [k for k in REQUIRED_YAML_KEYS if k not in d]
     if missing:
-        raise ValueError(f"model config {d.get('yaml_file', '<dict>')} lacks keys {missing}")
+        raise UserError(f"model config {d.get('yaml_file', '<dict>')} lacks keys {missing}")
     if d.get('activation') not in (None, 'nn.SiLU()'):
-        raise ValueError(f"activation {d['activation']!r} is not supported (only the default SiLU)")
+        raise UserError(f"activation {d['activation']!r} is not supported (only the default SiLU)")
     return d
 
 
@@ -135,23 +136,23 @@ def _resolve_arg(a, nc, anchors):
 
 def _module_class(name, row):
     if name in LEGACY_MODULES:
-        raise ValueError(f'layer {row}: {LEGACY_MODULES[name]}')
+        raise UserError(f'layer {row}: {LEGACY_MODULES[name]}')
     if name not in MODULES:
-        raise ValueError(f"layer {row}: unknown module '{name}' (supported: {', '.join(MODULES)})")
+        raise UserError(f"layer {row}: unknown module '{name}' (supported: {', '.join(MODULES)})")
     return MODULES[name]
 
 
 def _check_from(f, i, row_count):
     for j in ([f] if isinstance(f, int) else f):
         if not isinstance(j, int) or not (j == -1 or 0 <= j < i):
-            raise ValueError(f'layer {i}: bad "from" index {j} (must be -1 or an earlier layer '
+            raise UserError(f'layer {i}: bad "from" index {j} (must be -1 or an earlier layer '
                              f'index, model has {row_count} layers)')
 
 
 def _positive_number(d, key):
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-        raise ValueError(f"model config {d.get('yaml_file', '<dict>')}: {key} must be a positive "
+        raise UserError(f"model config {d.get('yaml_file', '<dict>')}: {key} must be a positive "
                          f'number, got {v!r}')
     return v
 
@@ -170,18 +171,18 @@ def _layer_specs(d, ch):
     c2 = ch[-1]
     for i, row in enumerate(rows):
         if not isinstance(row, (list, tuple)) or len(row) != 4:
-            raise ValueError(f'layer {i}: expected [from, number, module, args], got {row}')
+            raise UserError(f'layer {i}: expected [from, number, module, args], got {row}')
         f, n, name, args = row
         _check_from(f, i, len(rows))
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f'layer {i}: "number" must be a positive integer, got {n!r}')
+            raise UserError(f'layer {i}: "number" must be a positive integer, got {n!r}')
         m = _module_class(name, i)
         args = [_resolve_arg(a, nc, anchors) for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n  # depth scaling
         if m in CHANNEL_MODULES:
             c1, c2 = ch[f], args[0]
             if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
-                raise ValueError(f'layer {i}: output channels must be a positive integer, got {c2!r}')
+                raise UserError(f'layer {i}: output channels must be a positive integer, got {c2!r}')
             if c2 != no:  # width scaling, except for an explicit output conv
                 c2 = make_divisible(c2 * gw, 8)
             args = [c1, c2, *args[1:]]
@@ -210,7 +211,7 @@ MAX_MODEL_CONVS = 1500
 OFFICIAL_RANGES = {'width_multiple': 1.25, 'depth_multiple': 1.33}  # yolov5x
 
 
-class ModelSizeError(ValueError):
+class ModelSizeError(UserError):
     """A model config asking for a model far larger than any YOLOv5 (refused before allocating)."""
 
 
@@ -297,7 +298,7 @@ class Model(nn.Module):
             self.yaml['anchors'] = round(anchors) if isinstance(anchors, (int, float)) else anchors
         self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
         if not isinstance(self.model[-1], Detect):
-            raise ValueError('the last layer of a detection model must be Detect')
+            raise UserError('the last layer of a detection model must be Detect')
         self.nc = self.yaml['nc']
         self.names = [str(i) for i in range(self.nc)]
         self.hyp = {}  # filled by the trainer before the loss is built

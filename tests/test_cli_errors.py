@@ -80,6 +80,9 @@ def _cases():
                                                           "--t_weights", f"{w}/teacher_nc3.pt"], 1, "nc=3"),
         ("distill-missing-teacher", "train_distillation.py", [*train, "--t_weights", f"{w}/nope.pt"], 1, "nope.pt"),
         ("distill-resume-plain", "train_distillation.py", ["--resume", f"{w}/plain_last.pt"], 1, "train.py"),
+        ("distill-pseudo-nothing-unlabeled", "train_distillation.py",  # issue 27: was a silent column of zeros
+         [*train, "--batch-size", "4", "--t_weights", f"{w}/student.pt", "--d_pseudo", "0.5"], 1,
+         "--d_pseudo 0.5: there are no unlabeled images"),
         ("val-missing-data", "val.py", [*val, "--data", "{ws}/missing.yaml"], 1, "missing.yaml"),
         ("val-missing-weights", "val.py", [*val, "--weights", f"{w}/nope.pt"], 1, "nope.pt"),
         ("val-weights-not-ckpt", "val.py", [*val, "--weights", f"{w}/notes.txt"], 1, "notes.txt"),
@@ -141,7 +144,6 @@ def _raise(exc):
 def test_only_user_errors_lose_their_traceback():
     from models.checkpoint import UnsafeCheckpointError
     assert is_user_error(_raise(UserError("--epochs 0: must be >= 1")))
-    assert is_user_error(_raise(ValueError("--classes [7] out of range")))  # raised by the project's code
     assert is_user_error(_raise(FileNotFoundError("x.pt")))
     assert is_user_error(_raise(UnsafeCheckpointError("x.pt references os.system")))
     try:
@@ -155,6 +157,11 @@ def test_only_user_errors_lose_their_traceback():
             assert not is_user_error(e)
     for bug in (AttributeError("x"), TypeError("x"), KeyError("x"), RuntimeError("x")):
         assert not is_user_error(_raise(bug))
+    from distill.teacher import TeacherMismatchError
+    from models.yolo import ModelSizeError
+    from utils.label_cache import DatasetError
+    for cls in (DatasetError, TeacherMismatchError, ModelSizeError):  # the project's user errors
+        assert is_user_error(_raise(cls("x")))
     assert one_line("Dataset not found: a missing.\n  Check `path` in d.yaml.\n") == \
         "Dataset not found: a missing. Check `path` in d.yaml."
 
@@ -166,3 +173,28 @@ def test_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "last.pt", {"epoch": 0})
     assert not list(tmp_path.iterdir())
+
+
+def test_an_invariant_failing_inside_project_code_keeps_its_traceback(monkeypatch):
+    """A plain ValueError raised by the project's own code is a bug, not a user's mistake."""
+    from models.yolo import Model
+    from utils.cli import run_cli
+    from utils.files import yaml_load
+    from utils.loss import ComputeLoss
+    model = Model("yolov5n.yaml", nc=2)
+    model.hyp = yaml_load(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
+    loss = ComputeLoss(model)
+    preds = model(torch.zeros(1, 3, 64, 64))
+    error = _raise_from(lambda: loss(preds[:2], torch.zeros(0, 6)))
+    assert isinstance(error, ValueError) and "prediction levels" in str(error)
+    assert not is_user_error(error)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(ValueError, match="prediction levels"):  # propagates: the traceback is printed
+        run_cli(lambda opt: loss(preds[:2], torch.zeros(0, 6)), lambda: None)
+
+
+def _raise_from(fn):
+    try:
+        fn()
+    except Exception as e:
+        return e

@@ -449,3 +449,26 @@ def test_scan_in_processes_matches_in_process(tmp_path, monkeypatch):
     key = lambda r: (r.im_file, r.status, r.labels.tobytes(), r.shape, r.dropped_rows, r.message)
     assert [key(r) for r in in_processes] == [key(r) for r in in_process]
     assert {r.status for r in in_process} == {'found', 'missing', 'corrupt'}
+
+
+def test_rect_batches_under_ddp_are_whole_per_rank(tmp_path):
+    """--rect under torchrun: every batch a rank makes holds images of one rectangular batch (one shape)."""
+    from utils.datasets import DistributedRectSampler
+    root = tmp_path / 'rect'
+    sizes = [(64, 32), (64, 48), (48, 64), (32, 64), (64, 64), (64, 40), (40, 64)] * 2  # (w, h), 14 images
+    for i, (w, h) in enumerate(sizes):
+        _image(root / "images" / f"{i}.jpg", w, h, seed=i)
+        _label(root / "labels" / f"{i}.txt", "0 0.5 0.5 0.2 0.2")
+    rank_batch = 3  # 14 images -> 5 batches of 3 (the last one short)
+    ds = LoadImagesAndLabels(str(root / 'images'), img_size=64, batch_size=rank_batch, rect=True, stride=32)
+    keys = [list(DistributedRectSampler(ds, rank_batch, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(keys[0]) == len(keys[1]) == 3 * rank_batch  # 5 batches -> 3 per rank, padded with a repeat
+    seen = set()
+    for rank_keys in keys:
+        for start in range(0, len(rank_keys), rank_batch):
+            group = [k[0] for k in rank_keys[start:start + rank_batch]]
+            assert len({int(ds.batch[i]) for i in group}) == 1, group  # one rect batch -> one shape
+            seen.update(group)
+            shapes = {tuple(ds[(i, 0, False)][0].shape) for i in group}
+            assert len(shapes) == 1, shapes
+    assert seen == set(range(len(sizes)))

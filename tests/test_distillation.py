@@ -259,3 +259,34 @@ def test_resume_restores_adapters_and_teacher_settings(tiny_data, tmp_path, teac
     for key in ("train_model", "extra"):  # student weights and feature adapters
         assert full[key].keys() == resumed[key].keys()
         assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key
+
+
+def test_feature_only_distillation_keeps_the_students_anchors_and_autoanchor(tiny_data, tmp_path, capsys):
+    """Issue 27 defect 5: it printed that the student takes the teacher's anchors, and did not take them."""
+    anchors = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]
+    teacher = save_teacher(tmp_path / "anchors.pt", cfg="yolov5n.yaml", anchors=anchors)
+    args = distill_args(tiny_data, tmp_path, "feat_only", teacher, epochs=1,
+                        extra=["--no-d_output", "--no-d_kl", "--d_feature", "mse", "--noautoanchor"])
+    run_distill(args)
+    out = capsys.readouterr().out
+    assert "takes its teacher's anchors" not in out and "Student anchors set to" not in out
+    saved = torch.load(tmp_path / "feat_only" / "weights" / "last.pt", weights_only=True)["model"]
+    key = next(k for k in saved if k.endswith("anchors"))
+    assert torch.allclose(saved[key], Model("yolov5n.yaml", nc=NC).model[-1].anchors)  # the YAML's, untouched
+    assert not torch.allclose(saved[key], load_teacher(teacher).model[-1].anchors.float())
+    run_distill(distill_args(tiny_data, tmp_path, "feat_aa", teacher, epochs=1,
+                             extra=["--no-d_output", "--no-d_kl", "--d_feature", "mse"]))
+    assert "AutoAnchor: skipped" not in capsys.readouterr().out  # AutoAnchor checks the student as in train.py
+
+
+def test_t_val_runs_once_on_the_main_process_and_not_on_resume(teacher_pt, monkeypatch):
+    import distill.builder as builder_module
+    import distill.teacher_check as teacher_check
+    calls = []
+    monkeypatch.setattr(teacher_check, "warn_if_teacher_not_better", lambda *a: calls.append(a))
+    opt = train_distillation.build_parser().parse_args(["--t_weights", str(teacher_pt), "--t_val"])
+    student = Model("yolov5n.yaml", nc=NC)
+    for resuming, rank, expected in ((True, -1, 0), (False, 1, 0), (False, 0, 1), (False, -1, 2)):
+        monkeypatch.setattr(builder_module, "RANK", rank)
+        DistillationBuilder(opt).prepare_student(student, {}, "cpu", resuming=resuming)
+        assert len(calls) == expected, (resuming, rank)

@@ -5,21 +5,19 @@
 
 A user error prints `ERROR: <message>` (one line) on stderr and exits 1; a bad flag that argparse
 rejects exits 2 the same way; Ctrl-C prints one line and exits 130. Any other exception is a bug and
-propagates with its traceback. User errors are:
-- `UserError` (defined here) and the project's other ValueError subclasses (DatasetError,
-  TeacherMismatchError, ...), and a plain ValueError raised by the project's own code (not by a library);
+propagates with its traceback, a ValueError from the project's own code included. User errors are only:
+- `UserError` (defined here) and its subclasses (DatasetError, TeacherMismatchError, ModelSizeError, ...):
+  raise one where the message names the problem and the fix;
 - FileNotFoundError; `models.checkpoint.CheckpointError` (and UnsafeCheckpointError); yaml errors;
 - SystemExit with a message, e.g. `raise SystemExit("--resume: no last.pt found")`.
 This module imports nothing heavy: the library classes are looked up in `sys.modules` when an error
 arrives (a CheckpointError can only have been raised once models.checkpoint was imported).
 """
 import argparse
-import linecache
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # repository root
 USAGE_EXIT, ERROR_EXIT, INTERRUPT_EXIT = 2, 1, 130
 
 # (module, class) pairs that always mean a user error, resolved lazily from sys.modules.
@@ -35,20 +33,6 @@ def one_line(message):
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-def _raised_by_project(e):
-    """True when e comes from a `raise` statement in the project's own code: a check that names the
-    problem. A ValueError from a library, or from a builtin such as int('x'), is a bug."""
-    tb = e.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    path = Path(filename).resolve()
-    in_project = ROOT in path.parents and not {"site-packages", "dist-packages"} & set(path.parts)
-    return in_project and linecache.getline(filename, tb.tb_lineno).strip().startswith("raise")
-
-
 def _registered_classes(extra=()):
     found = [getattr(sys.modules.get(module), name, None) for module, name in USER_ERROR_CLASSES]
     return tuple(c for c in found if isinstance(c, type)) + tuple(extra)
@@ -56,15 +40,7 @@ def _registered_classes(extra=()):
 
 def is_user_error(e, extra=()):
     """Whether exception `e` is a user's mistake (one line) rather than a bug (traceback)."""
-    if isinstance(e, (UserError, FileNotFoundError) + _registered_classes(extra)):
-        return True
-    if isinstance(e, ValueError):  # the project's own checks; a ValueError from inside torch is a bug
-        return type(e).__module__.split(".")[0] in _project_packages() or _raised_by_project(e)
-    return False
-
-
-def _project_packages():
-    return {p.stem for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    return isinstance(e, (UserError, FileNotFoundError) + _registered_classes(extra))
 
 
 def _print_error(message):

@@ -467,6 +467,31 @@ class DistributedKeySampler(DistributedSampler):
         return iter(_sample_keys(idx, epoch, self.dataset.mosaic))
 
 
+class DistributedRectSampler(DistributedKeySampler):
+    """--rect under DDP: each rank takes whole rectangular batches, so every batch it makes has one shape.
+
+    The dataset gave each batch of `batch_size` sorted images one shape (`dataset.batch`); batches go to the
+    ranks in turn, a short last batch is filled up with its own images, and a rank with fewer batches
+    repeats batches from the start, so every rank makes the same number of full batches (DDP steps together).
+    """
+
+    def __init__(self, dataset, batch_size, num_replicas=None, rank=None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        groups = [np.flatnonzero(dataset.batch == b) for b in range(int(dataset.batch.max()) + 1)]
+        full = [np.resize(g, batch_size) for g in groups]  # a short batch repeats its own images
+        per_rank = math.ceil(len(full) / self.num_replicas)
+        full += full[:per_rank * self.num_replicas - len(full)]  # every rank the same number of batches
+        self.batches = full[self.rank::self.num_replicas]
+
+    def __len__(self):
+        return sum(len(b) for b in self.batches)
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        return iter(_sample_keys(np.concatenate(self.batches), epoch, self.dataset.mosaic))
+
+
 def seed_worker(worker_id):
     """Seed the global RNGs of a worker from its torch seed (base seed + worker id)."""
     s = torch.initial_seed() % 2 ** 32
@@ -494,6 +519,8 @@ def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, 
     nw = min((os.cpu_count() or 1) // nd, batch_size if batch_size > 1 else 0, workers)
     if rank == -1:
         sampler = KeySampler(dataset, shuffle=shuffle, seed=seed)
+    elif dataset.rect:
+        sampler = DistributedRectSampler(dataset, batch_size)
     else:
         sampler = DistributedKeySampler(dataset, shuffle=shuffle, seed=seed)
     generator = torch.Generator()

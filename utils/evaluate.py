@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from utils.cli import UserError
 from utils.coco_eval import prediction_entries
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions, pr_curves
 from utils.torch_utils import de_parallel
@@ -80,7 +81,7 @@ def build_loader(data, task="val", imgsz=640, batch_size=32, stride=32, single_c
     pad, rect = (0.0, False) if task == "speed" else (0.5, True)
     task = task if task in ("train", "val", "test") else "val"
     if not data.get(task):
-        raise ValueError(f"the dataset YAML defines no '{task}' split; choose --task from "
+        raise UserError(f"the dataset YAML defines no '{task}' split; choose --task from "
                          f"{[k for k in ('train', 'val', 'test') if data.get(k)]}")
     return create_dataloader(data[task], imgsz, batch_size, stride, rect=rect, workers=workers, pad=pad,
                              single_cls=single_cls, prefix=f"{task}: ", nc=int(data["nc"]))[0]

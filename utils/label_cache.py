@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.cli import UserError
+
 LOGGER = logging.getLogger('yolov5')
 
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
@@ -31,7 +33,7 @@ MIN_IMAGE_SIDE = 10  # pixels; smaller images are almost certainly broken
 SHOWN_MESSAGES = 10  # how many offending files the summary lists
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The dataset cannot be used (nothing found, nothing left after filtering, bad YAML)."""
 
 

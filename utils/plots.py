@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.boxes import xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.cli import UserError  # noqa: E402
 from utils.metrics import smooth  # noqa: E402
 
 MAX_MOSAIC_SIZE = 1920  # pixels, longest side of a plotted batch
@@ -183,7 +184,7 @@ def plot_results(file="results.csv", dir=""):
     data = pd.read_csv(file)
     data.columns = [c.strip() for c in data.columns]
     if "epoch" not in data.columns:
-        raise ValueError(f"{file} has no 'epoch' column; is it a results.csv?")
+        raise UserError(f"{file} has no 'epoch' column; is it a results.csv?")
     extra = [c for c in data.columns if c.startswith("train/") and c not in RESULTS_LAYOUT]
     panels = [c for c in RESULTS_LAYOUT if c in data.columns] + extra
     cols = 5

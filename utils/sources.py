@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from utils.augment import letterbox  # the same resize + pad as validation, so boxes map back alike
+from utils.cli import UserError
 
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
 VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
@@ -23,7 +24,7 @@ def check_imgsz(imgsz, stride):
     """(h, w) from one or two sizes, each rounded up to a multiple of the model stride."""
     sizes = [int(x) for x in (imgsz if isinstance(imgsz, (list, tuple)) else [imgsz])]
     if len(sizes) not in (1, 2) or min(sizes) <= 0:
-        raise ValueError(f'--imgsz takes one or two positive sizes (h w), got {imgsz}')
+        raise UserError(f'--imgsz takes one or two positive sizes (h w), got {imgsz}')
     sizes = sizes * 2 if len(sizes) == 1 else sizes
     fixed = [max(math.ceil(x / stride) * stride, stride) for x in sizes]
     if fixed != sizes:
@@ -58,10 +59,10 @@ def _expand_one(source):
     """One source string -> list of file paths (folder contents, glob matches, or the file)."""
     s = str(source)
     if s.lower().startswith(STREAM_PREFIXES):
-        raise ValueError(f'--source {s}: streams and URLs are not supported (no network at run time); '
+        raise UserError(f'--source {s}: streams and URLs are not supported (no network at run time); '
                          f'download the file first and pass its path')
     if s.isnumeric():
-        raise ValueError(f'--source {s}: webcams are not supported; pass an image, folder, glob, '
+        raise UserError(f'--source {s}: webcams are not supported; pass an image, folder, glob, '
                          f'.txt list or video file')
     if any(c in s for c in '*?['):
         return sorted(glob.glob(s, recursive=True))
@@ -84,7 +85,7 @@ def collect_files(source):
     images = [f for f in files if is_image(f)]
     videos = [f for f in files if is_video(f)]
     if not images and not videos:
-        raise ValueError(f'no images or videos found in --source {source}. Supported formats are\n'
+        raise UserError(f'no images or videos found in --source {source}. Supported formats are\n'
                          f'images: {IMG_FORMATS}\nvideos: {VID_FORMATS}')
     return images, videos
 

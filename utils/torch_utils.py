@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from utils.cli import UserError
+
 # Set by torchrun; -1 / 1 when running as a single process.
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 RANK = int(os.getenv("RANK", -1))
@@ -28,12 +30,12 @@ def select_device(device="", batch_size=0):
     if device == "mps":
         return torch.device("mps")
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but CUDA is not available; use --device cpu")
+        raise UserError(f"--device {device} requested but CUDA is not available; use --device cpu")
     ids = [int(x) for x in device.split(",")] if device else list(range(torch.cuda.device_count()))
     if any(i >= torch.cuda.device_count() for i in ids):
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     if len(ids) > 1 and batch_size and batch_size % len(ids):
-        raise ValueError(f"--batch-size {batch_size} is not a multiple of the GPU count {len(ids)}")
+        raise UserError(f"--batch-size {batch_size} is not a multiple of the GPU count {len(ids)}")
     index = LOCAL_RANK if LOCAL_RANK >= 0 else ids[0]
     return torch.device("cuda", index)
 
