@@ -200,7 +200,7 @@ def predict(model, im, device, half, opts):
     t1 = time.perf_counter()
     pred = model(x)
     t2 = time.perf_counter()
-    det = non_max_suppression(pred, **opts)[0]
+    det = non_max_suppression(pred[0][..., :5 + model.model[-1].nc], **opts)[0]  # boxes (a -seg model adds masks)
     t3 = time.perf_counter()
     return det, np.array([t1 - t0, t2 - t1, t3 - t2])
 

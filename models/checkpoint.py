@@ -128,10 +128,49 @@ class _FrozenCallable:
         return f'_FrozenCallable({self._name})'
 
 
+class FunctionReference(OpaqueValue):
+    """Inert stand-in for the one function a YOLOv5 pickle references: v7.0's Segment keeps
+    `Detect.forward` as an attribute, pickled as getattr(Detect, 'forward'). Nothing reads it."""
+
+    source = 'models.yolo.Detect.forward'
+
+
+ALLOWED_GETATTR = ('models.yolo.Detect', 'forward')
+
+
+def _describe_pickled(obj):
+    """How an object built by the pickle is named in an error message (never its own repr)."""
+    if isinstance(obj, _FrozenRecordType):
+        return obj.source
+    if isinstance(obj, _FrozenCallable):
+        return obj._name
+    if isinstance(obj, (ModuleRecord, OpaqueValue)):
+        return f'a {type(obj).source} object'
+    if type(obj) in (str, int, float, bool, type(None)):
+        return repr(obj)[:80]
+    return f'a {type(obj).__name__}'
+
+
+def _guarded_getattr(*args):
+    """getattr as a pickle may call it: only getattr(<the Detect record class>, 'forward').
+
+    getattr is the classic pickle attack primitive (getattr(x, '__globals__'), getattr on a module,
+    ...). Record classes exist only through find_class and cannot be changed, so `source` names
+    the global the pickle asked for. The answer is an inert marker: no real attribute is read.
+    """
+    if (len(args) == 2 and isinstance(args[0], _FrozenRecordType) and type(args[1]) is str
+            and (args[0].source, args[1]) == ALLOWED_GETATTR):
+        return FunctionReference()
+    call = f"getattr({', '.join(map(_describe_pickled, args))})"
+    raise UnsafeCheckpointError(
+        f"checkpoint refused: its pickle calls {call}; the only getattr a YOLOv5 checkpoint needs is "
+        f"getattr({ALLOWED_GETATTR[0]}, '{ALLOWED_GETATTR[1]}') (nothing from the file was run)")
+
+
 YOLOV5_CLASSES = {
-    'models.yolo': {'Model', 'DetectionModel', 'BaseModel', 'Detect'},
+    'models.yolo': {'Model', 'DetectionModel', 'SegmentationModel', 'BaseModel', 'Detect', 'Segment'},
     'models.common': {'Conv', 'DWConv', 'Bottleneck', 'BottleneckCSP', 'C3', 'SPP', 'SPPF',
-                      'Focus', 'Concat'},
+                      'Focus', 'Concat', 'Proto'},
 }
 SAFE_CALLABLES = {  # (module, name) in the pickle -> what the wrapper handed out for it calls
     ('collections', 'OrderedDict'): collections.OrderedDict,
@@ -139,6 +178,8 @@ SAFE_CALLABLES = {  # (module, name) in the pickle -> what the wrapper handed ou
     ('__builtin__', 'set'): set,  # protocol-2 pickles spell builtins this way
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    # Only the protocol-2 spelling, which torch.save writes (YOLOv5 checkpoints never use another).
+    ('__builtin__', 'getattr'): _guarded_getattr,
 }
 OPAQUE_GLOBALS = {
     ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -244,7 +285,7 @@ def convert_official(ckpt, path):
     cfg = dict(cfg)
     if state.get('yaml_file') and 'yaml_file' not in cfg:
         cfg['yaml_file'] = Path(str(state['yaml_file'])).name
-    detect = _find_records(record, 'Detect')
+    detect = _find_records(record, 'Detect') or _find_records(record, 'Segment')
     nc = int(detect[-1].state.get('nc', cfg['nc'])) if detect else int(cfg['nc'])
     cfg['nc'] = nc
     return {

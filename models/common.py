@@ -1,4 +1,4 @@
-"""YOLOv5 building blocks: Conv, Bottleneck, C3, SPPF, SPP, Concat.
+"""YOLOv5 building blocks: Conv, Bottleneck, C3, SPPF, SPP, Concat, Proto.
 
 Class and attribute names follow YOLOv5 on purpose: state-dict keys such as
 ``model.2.cv1.bn.running_mean`` are derived from them, and official checkpoints
@@ -145,3 +145,18 @@ class Concat(nn.Module):
 
     def forward(self, x):
         return torch.cat(x, self.d)
+
+
+class Proto(nn.Module):
+    """Mask prototypes of the segmentation head (YOLOv5 v7.0): 3x3 conv, 2x nearest upsample,
+    3x3 conv, 1x1 conv to c2 prototype maps at twice the input resolution (1/4 of the image)."""
+
+    def __init__(self, c1, c_=256, c2=32):
+        super().__init__()
+        self.cv1 = Conv(c1, c_, k=3)
+        self.upsample = nn.Upsample(scale_factor=2, mode='nearest')
+        self.cv2 = Conv(c_, c_, k=3)
+        self.cv3 = Conv(c_, c2)
+
+    def forward(self, x):
+        return self.cv3(self.cv2(self.upsample(self.cv1(x))))

@@ -1,4 +1,4 @@
-"""YOLOv5 detection model built from a model YAML: Detect head, YAML parser, Model, summary.
+"""YOLOv5 model built from a model YAML: Detect and Segment heads, YAML parser, Model, summary.
 
 Follows YOLOv5 v6/v7 conventions (layer order, `.i/.f/.type/.np` layer attributes, anchors stored
 in stride units) so that official state dicts load key for key and give the same outputs.
@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, make_divisible
+from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Proto, make_divisible
 from utils.cli import UserError
 
 LOGGER = logging.getLogger('yolov5')
@@ -23,12 +23,16 @@ MAX_CACHED_GRIDS = 32  # rectangular validation uses many shapes; keep the grid 
 
 
 class Detect(nn.Module):
-    """Per-level 1x1 convs predicting (x, y, w, h, obj, classes) for each anchor, plus decoding."""
+    """Per-level 1x1 convs predicting (x, y, w, h, obj, classes) for each anchor, plus decoding.
 
-    def __init__(self, nc=80, anchors=(), ch=()):
+    `nm` extra raw outputs per anchor follow the classes (Segment's mask coefficients; 0 here).
+    """
+
+    def __init__(self, nc=80, anchors=(), ch=(), nm=0):
         super().__init__()
         self.nc = nc
-        self.no = nc + 5
+        self.nm = nm
+        self.no = nc + 5 + nm
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2
         if any(len(a) != 2 * self.na for a in anchors):
@@ -45,29 +49,36 @@ class Detect(nn.Module):
         self._grids = {}
 
     def forward(self, x):
-        raw = []
-        for i in range(self.nl):
-            p = self.m[i](x[i])
-            bs, _, ny, nx = p.shape
-            raw.append(p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+        raw = self.levels(x)
         if self.training:
             return raw
         y = self.decode(raw)
         return y if self.export else (y, raw)
 
+    def levels(self, x):
+        """Raw predictions of each level, [B, na, ny, nx, no] logits."""
+        raw = []
+        for i in range(self.nl):
+            p = self.m[i](x[i])
+            bs, _, ny, nx = p.shape
+            raw.append(p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+        return raw
+
     def decode(self, raw):
-        """Raw levels [B, na, ny, nx, no] -> [B, N, no]: xywh in pixels, sigmoid scores."""
+        """Raw levels [B, na, ny, nx, no] -> [B, N, no]: xywh in pixels, sigmoid scores, then the nm
+        extra outputs as they are (v7.0 leaves mask coefficients raw)."""
         return torch.cat([self._decode(p, i) for i, p in enumerate(raw)], 1)
 
     def _decode(self, p, i):
         """v6/v7 decoding: xy = (2*sig - 0.5 + cell) * stride, wh = (2*sig)^2 * anchor."""
         bs, na, ny, nx, no = p.shape
-        s = p.sigmoid()
+        s = p[..., :5 + self.nc].sigmoid()
         grid = self._cell_grid(ny, nx, p.device, p.dtype)
         anchor_grid = (self.anchors[i] * self.stride[i]).view(1, na, 1, 1, 2).to(p.dtype)
         xy = (s[..., :2] * 2 + grid) * self.stride[i]
         wh = (s[..., 2:4] * 2) ** 2 * anchor_grid
-        return torch.cat((xy, wh, s[..., 4:]), -1).view(bs, na * ny * nx, no)
+        parts = (xy, wh, s[..., 4:], p[..., 5 + self.nc:]) if self.nm else (xy, wh, s[..., 4:])
+        return torch.cat(parts, -1).view(bs, na * ny * nx, no)
 
     def _cell_grid(self, ny, nx, device, dtype):
         """Cell corner coordinates shifted by -0.5 ([1, 1, ny, nx, 2] as x, y), cached per shape."""
@@ -81,11 +92,35 @@ class Detect(nn.Module):
         return self._grids[key]
 
 
+class Segment(Detect):
+    """Detect plus instance masks (YOLOv5 v7.0): per anchor, nm mask coefficients after the
+    classes; `proto` turns the first input level into nm prototype maps at twice its resolution.
+
+    Train mode returns (levels, proto); eval mode (decoded, (levels, proto)); export mode
+    (decoded, proto). A mask is sigmoid(coefficients @ prototypes) inside the box (utils/masks.py).
+    """
+
+    def __init__(self, nc=80, anchors=(), nm=32, npr=256, ch=()):
+        super().__init__(nc, anchors, ch, nm=nm)
+        self.npr = npr  # prototype channels inside Proto
+        self.proto = Proto(ch[0], npr, nm)
+
+    def forward(self, x):
+        proto = self.proto(x[0])
+        levels = self.levels(x)
+        if self.training:
+            return levels, proto
+        decoded = self.decode(levels)
+        return (decoded, proto) if self.export else (decoded, (levels, proto))
+
+
 # Module names a model YAML may use, mapped to our classes. Strings never reach eval().
 MODULES = {
     'Conv': Conv, 'Bottleneck': Bottleneck, 'C3': C3, 'SPPF': SPPF, 'SPP': SPP,
-    'Concat': Concat, 'Detect': Detect, 'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample,
+    'Concat': Concat, 'Detect': Detect, 'Segment': Segment, 'nn.Upsample': nn.Upsample,
+    'Upsample': nn.Upsample,
 }
+SEGMENT_DEFAULTS = (32, 256)  # nm, npr when a Segment row gives only [nc, anchors]
 CHANNEL_MODULES = (Conv, Bottleneck, C3, SPPF, SPP)  # first two args become (c_in, c_out)
 LEGACY_MODULES = {
     'Focus': 'the Focus stem belongs to YOLOv5 v5.0 and older; this project supports v6.0+ models '
@@ -191,7 +226,9 @@ def _layer_specs(d, ch):
                 n = 1
         elif m is Concat:
             c2 = sum(ch[x] for x in f)
-        elif m is Detect:
+        elif issubclass(m, Detect):
+            if m is Segment:
+                args = _segment_args(args, gw, i)
             args.append([ch[x] for x in f])
             if isinstance(args[1], int):  # anchor count only: placeholders until autoanchor/weights
                 args[1] = [list(range(args[1] * 2))] * len(f)
@@ -201,6 +238,18 @@ def _layer_specs(d, ch):
         if i == 0:
             ch = []
         ch.append(c2)
+
+
+def _segment_args(args, gw, row):
+    """[nc, anchors, nm, npr] with defaults filled in; npr scales with the width as in v7.0."""
+    if not 2 <= len(args) <= 4:
+        raise UserError(f'layer {row}: Segment takes [nc, anchors, nm, npr], got {args}')
+    args = [*args, *SEGMENT_DEFAULTS[len(args) - 2:]]
+    for name, v in zip(('mask coefficients (nm)', 'prototype channels (npr)'), args[2:4]):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f'layer {row}: Segment {name} must be a positive integer, got {v!r}')
+    args[3] = make_divisible(args[3] * gw, 8)
+    return args
 
 
 # A model YAML is data: a typo such as `width_multiple: 64` must not allocate hundreds of GB.
@@ -244,10 +293,15 @@ def _module_cost(m, args):
         c1, c2 = args[:2]
         branches = 4 if m is SPPF else len(arg(2, (5, 9, 13))) + 1
         return tuple(map(sum, zip(_conv_cost(c1, c1 // 2), _conv_cost(c1 // 2 * branches, c2))))
-    if m is Detect:  # malformed anchors cost nothing here: Detect itself reports them
+    if issubclass(m, Detect):  # malformed anchors cost nothing here: Detect itself reports them
         nc, anchors, chs = args[0], args[1], args[-1]
         na = len(anchors[0]) // 2 if isinstance(anchors, list) and isinstance(anchors[0], list) else 0
-        return sum((c + 1) * (nc + 5) * na for c in chs), len(chs)
+        nm, npr = args[2:4] if m is Segment else (0, 0)
+        convs = (sum((c + 1) * (nc + 5 + nm) * na for c in chs), len(chs))
+        if m is not Segment:
+            return convs
+        proto = (_conv_cost(chs[0], npr, 3), _conv_cost(npr, npr, 3), _conv_cost(npr, nm))
+        return tuple(map(sum, zip(convs, *proto)))
     return 0, 0
 
 
@@ -285,7 +339,8 @@ def parse_model(d, ch):
 
 
 class Model(nn.Module):
-    """YOLOv5 detection model; see docs/ARCHITECTURE.md for the forward contract."""
+    """YOLOv5 detection or segmentation model (the head decides: `task`); see docs/ARCHITECTURE.md
+    for the forward contract."""
 
     def __init__(self, cfg='yolov5s.yaml', ch=3, nc=None, anchors=None):
         super().__init__()
@@ -303,6 +358,11 @@ class Model(nn.Module):
         self.names = [str(i) for i in range(self.nc)]
         self.hyp = {}  # filled by the trainer before the loss is built
         self._init_detect_head(ch)
+
+    @property
+    def task(self):
+        """'segment' when the head is a Segment (masks), else 'detect'."""
+        return 'segment' if isinstance(self.model[-1], Segment) else 'detect'
 
     @property
     def stride(self):
@@ -361,7 +421,8 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def initialize_biases(self, class_counts=None):
-        """Set Detect biases from priors (YOLOv5): ~8 objects per 640 image; classes from counts."""
+        """Set Detect biases from priors (YOLOv5): ~8 objects per 640 image; classes from counts.
+        Only the objectness and class rows change (a Segment's mask rows keep their init, as in v7.0)."""
         detect = self.model[-1]
         for conv, s in zip(detect.m, detect.stride.tolist()):
             b = conv.bias.view(detect.na, -1)

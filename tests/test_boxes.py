@@ -146,6 +146,25 @@ def test_nms_accepts_eval_output_tuple_and_rejects_bad_input():
         non_max_suppression(torch.zeros(10, 8), 0.25, 0.45)
 
 
+def test_nms_carries_mask_coefficients_scaled_by_objectness():
+    # 2 classes, then 3 mask coefficients per row (a segmentation model's decoded output)
+    pred = torch.tensor([[[50, 50, 20, 20, 0.9, 0.8, 0.1, 1.0, -2.0, 3.0],
+                          [51, 50, 20, 20, 0.7, 0.9, 0.1, 5.0, 5.0, 5.0],  # same class, overlaps: suppressed
+                          [10, 10, 8, 8, 0.6, 0.2, 0.9, -1.0, 0.5, 0.0],
+                          [90, 90, 8, 8, 0.2, 0.9, 0.9, 7.0, 7.0, 7.0]]])  # obj below conf_thres
+    out = non_max_suppression(pred, 0.25, 0.45, nm=3)[0]
+    assert out.shape == (2, 9)
+    assert torch.allclose(out[:, 4:6], torch.tensor([[0.72, 0.0], [0.54, 1.0]]))
+    # v7.0 multiplies every column after objectness by it, the coefficients included
+    assert torch.allclose(out[:, 6:], torch.tensor([[0.9, -1.8, 2.7], [-0.6, 0.3, 0.0]]))
+    assert torch.equal(out[:, :6], non_max_suppression(pred[..., :7], 0.25, 0.45)[0])  # same boxes as without
+    multi = non_max_suppression(pred, 0.1, 0.45, nm=3, multi_label=True)[0]
+    assert multi.shape[1] == 9 and torch.allclose(multi[multi[:, 5] == 1][0, 6:], torch.tensor([-0.6, 0.3, 0.0]))
+    assert non_max_suppression(pred, 0.99, 0.45, nm=3)[0].shape == (0, 9)
+    with pytest.raises(ValueError, match="nm=6"):
+        non_max_suppression(pred, 0.25, 0.45, nm=6)
+
+
 @pytest.mark.skipif(not REFERENCE_IO.exists(), reason="reference assets in ../shared not available")
 def test_nms_reproduces_original_yolov5_output():
     ref = torch.load(REFERENCE_IO, weights_only=True)

@@ -81,18 +81,22 @@ def clip_boxes(boxes, shape):
     return boxes
 
 
-def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
-    """Map xyxy boxes (in place) from the letterboxed img1 (h, w) back to the original img0 (h, w).
+def letterbox_geometry(img1_shape, img0_shape, ratio_pad=None):
+    """(gain, (pad_w, pad_h)) of the letterbox that made img1 (h, w) from the original img0 (h, w).
 
     `ratio_pad` = ((ratio_h, ratio_w), (pad_w, pad_h)) as the loader records it; without it the
     letterbox is recomputed from the two shapes (centred padding).
     """
-    if ratio_pad is None:
-        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
-        pad = ((img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2)
-    else:
-        gain = ratio_pad[0][0]
-        pad = ratio_pad[1]
+    if ratio_pad is not None:
+        return ratio_pad[0][0], ratio_pad[1]
+    gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
+    return gain, ((img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2)
+
+
+def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
+    """Map xyxy boxes (in place) from the letterboxed img1 (h, w) back to the original img0 (h, w)
+    (`ratio_pad`: see letterbox_geometry)."""
+    gain, pad = letterbox_geometry(img1_shape, img0_shape, ratio_pad)
     boxes[..., [0, 2]] -= pad[0]
     boxes[..., [1, 3]] -= pad[1]
     boxes[..., :4] /= gain
@@ -153,8 +157,9 @@ def _hybrid_candidates(lb, nc, width, device):
     return v
 
 
-def _candidates(x, conf_thres, multi_label, nc, classes=None, max_nms=MAX_NMS):
-    """At most max_nms rows (x1, y1, x2, y2, conf, cls), best first, from one image's predictions.
+def _candidates(x, conf_thres, multi_label, nc, classes=None, max_nms=MAX_NMS, nm=0):
+    """At most max_nms rows (x1, y1, x2, y2, conf, cls, nm mask coefficients), best first, from one
+    image's predictions.
 
     conf = obj * cls. Only the max_nms best scores are gathered (a top-k, not a sort of every
     candidate), so an untrained model's flood of boxes costs a bounded amount of work.
@@ -171,7 +176,10 @@ def _candidates(x, conf_thres, multi_label, nc, classes=None, max_nms=MAX_NMS):
     flat = scores.flatten()
     conf, idx = flat.topk(min(max_nms, int((flat > conf_thres).sum())))
     i, j = (idx // nc, idx % nc) if multi_label else (idx, cls.view(-1)[idx])
-    return torch.cat((xywh2xyxy(x[i, :4]), conf[:, None], j[:, None].float()), 1)
+    rows = [xywh2xyxy(x[i, :4]), conf[:, None], j[:, None].float()]
+    if nm:  # v7.0 multiplies the coefficients by objectness as well; kept so masks equal v7.0's
+        rows.append(x[i, 5 + nc:5 + nc + nm] * x[i, 4:5])
+    return torch.cat(rows, 1)
 
 
 def _as_tensor(classes, device):
@@ -179,10 +187,12 @@ def _as_tensor(classes, device):
 
 
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
-                        multi_label=False, labels=(), max_det=300, max_nms=MAX_NMS):
-    """Per-class NMS on decoded YOLOv5 output [B, N, 5 + nc] (xywh pixels, sigmoid scores).
+                        multi_label=False, labels=(), max_det=300, max_nms=MAX_NMS, nm=0):
+    """Per-class NMS on decoded YOLOv5 output [B, N, 5 + nc + nm] (xywh pixels, sigmoid scores, then
+    nm mask coefficients for a segmentation model).
 
-    Returns a list of B tensors [n, 6] = (x1, y1, x2, y2, conf, cls), best first.
+    Returns a list of B tensors [n, 6 + nm] = (x1, y1, x2, y2, conf, cls, coefficients), best first;
+    the coefficients come out multiplied by objectness, as v7.0's NMS leaves them (utils/masks.py).
     `labels` (per image, rows cls, xc, yc, w, h in pixels) are added as certain predictions
     (YOLOv5's --save-hybrid autolabelling). Classes never suppress each other unless `agnostic`:
     batched_nms offsets each class by the largest coordinate, the job YOLOv5's max_wh offset does.
@@ -195,11 +205,12 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
         raise ValueError(f"iou_thres={iou_thres} is not in [0, 1]")
     if isinstance(prediction, (list, tuple)):  # eval-mode model output (decoded, raw)
         prediction = prediction[0]
-    if prediction.dim() != 3 or prediction.shape[2] < 6:
-        raise ValueError(f"prediction must be [batch, anchors, 5 + nc], got {tuple(prediction.shape)}")
-    bs, nc = prediction.shape[0], prediction.shape[2] - 5
+    if prediction.dim() != 3 or prediction.shape[2] < 6 + nm:
+        raise ValueError(f"prediction must be [batch, anchors, 5 + nc + nm] with nm={nm}, got "
+                         f"{tuple(prediction.shape)}")
+    bs, nc = prediction.shape[0], prediction.shape[2] - 5 - nm
     multi_label &= nc > 1  # one class: nothing to gain from several labels per box
-    output = [torch.zeros((0, 6), device=prediction.device)] * bs
+    output = [torch.zeros((0, 6 + nm), device=prediction.device)] * bs
     keep_mask = prediction[..., 4] > conf_thres
     for xi, x in enumerate(prediction):
         x = x[keep_mask[xi]]
@@ -207,7 +218,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
             x = torch.cat((x, _hybrid_candidates(labels[xi], nc, x.shape[1], x.device)), 0)
         if not x.shape[0]:
             continue
-        x = _candidates(x.float(), conf_thres, multi_label, nc, classes, max_nms)
+        x = _candidates(x.float(), conf_thres, multi_label, nc, classes, max_nms, nm)
         if not x.shape[0]:
             continue
         groups = torch.zeros_like(x[:, 5]) if agnostic else x[:, 5]

@@ -181,6 +181,7 @@ def _run_batches(net, loader, device, half, o):
             nb, _, height, width = im.shape
         with dt[1]:
             preds, train_out = net(im)
+            preds = preds[..., :5 + net.model[-1].nc]  # boxes only: a -seg model appends mask coefficients
         if o["compute_loss"]:
             with torch.autocast(device.type, enabled=half):  # upcasts inside, per op; no fp32 copy
                 loss += o["compute_loss"](train_out, targets)[1].float()
