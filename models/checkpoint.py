@@ -6,10 +6,8 @@ import collections
 import contextlib
 import datetime
 import logging
-import os
 import pickle
 import signal
-import tempfile
 import threading
 import types
 import zipfile
@@ -18,6 +16,7 @@ from pathlib import Path
 import torch
 
 from models.yolo import Model, load_model_yaml
+from utils.files import write_atomically
 
 LOGGER = logging.getLogger('yolov5')
 FORMAT = 'yolov5-distill'
@@ -320,11 +319,6 @@ def _check_plain(obj, where='ckpt'):
                         'hold only tensors, numbers, strings, lists and dicts (convert it first)')
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 @contextlib.contextmanager
 def _ctrl_c_deferred():
@@ -356,18 +350,7 @@ def save_checkpoint(path, ckpt):
     ckpt = {'format': FORMAT, 'version': FORMAT_VERSION,
             'date': datetime.datetime.now().isoformat(), **ckpt}
     with _ctrl_c_deferred():
-        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
-            with os.fdopen(fd, 'wb') as f:
-                torch.save(ckpt, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return path
+        return write_atomically(path, lambda f: torch.save(ckpt, f))
 
 
 EXPORT_SUFFIXES = ('.onnx', '.engine', '.tflite', '.pb', '.mlmodel', '.xml', '.bin')  # not zips

@@ -484,3 +484,17 @@ def test_ctrl_c_during_save_finishes_the_file_then_interrupts(tmp_path, monkeypa
         assert signal_module.getsignal(signal_module.SIGINT) is signal_module.SIG_IGN
     finally:
         signal_module.signal(signal_module.SIGINT, before)
+
+
+def test_save_gives_open_permissions_and_never_touches_the_umask(tmp_path, monkeypatch):
+    """Issue 27: saving set the process umask to 0 for a moment (visible to every other thread)."""
+    import os
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, 'umask', lambda *a: calls.append(a) or real_umask(*a))
+    path = save_checkpoint(tmp_path / 'last.pt', {'epoch': 0})
+    assert calls == []
+    mask = real_umask(0o022)
+    real_umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pt']  # no temporary file left

@@ -27,9 +27,10 @@ from utils.augment import (apply_flips, augment_hsv, copy_paste_boxes, copy_past
                            random_perspective_polygons)
 from utils.boxes import xyn2xy, xywhn2xyxy, xyxy2xywhn
 from utils.dataset_yaml import as_list
+from utils.files import write_atomically
 from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, check_polygon_rows, img2label_paths,
                                list_image_files, report, scan_with_cache, summarize, user_cache_dir,
-                               writable_dir, write_atomically)
+                               writable_dir)
 from utils.polygon_masks import flip_masks, sample_masks
 
 LOGGER = logging.getLogger('yolov5')

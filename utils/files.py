@@ -10,6 +10,34 @@ from utils.cli import UserError, one_line
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 
 
+def write_atomically(path, write):
+    """Call `write(binary file)` on a new file beside `path`, flush it to disk, then rename it over `path`.
+
+    Readers see the old file or the complete new one, never a truncated one (an interrupted write leaves
+    nothing behind). The new file gets the permissions `open()` would give (0o666 less the process umask,
+    applied by the kernel: the process umask is never changed, even for a moment)."""
+    path = Path(path)
+    for attempt in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{attempt}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # left by a killed writer of the same pid, or another thread: next name
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary file beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def shown_path(path):
     """`path` relative to the working directory when it lies under it (runs/train/exp, as YOLOv5 prints it)."""
     path = Path(path)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from utils.cli import UserError
+from utils.files import write_atomically
 
 LOGGER = logging.getLogger('yolov5')
 
@@ -306,20 +307,6 @@ def cache_candidates(preferred):
     preferred = Path(preferred).resolve()
     tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
     return [preferred, user_cache_dir() / 'labels' / f'{preferred.stem}-{tag}.cache']
-
-
-def write_atomically(path, write):
-    """Call `write(file object)` on a temporary file beside `path`, then rename it over `path`:
-    an interrupted write never leaves a truncated file where a later run would read it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_cache(path, records, hash_):

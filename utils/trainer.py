@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from models.checkpoint import (build_from_checkpoint, load_checkpoint, load_model, save_checkpoint,
                                strip_checkpoint)
+from models.transfer import transferable_state
 from models.yolo import Model, model_summary
 from utils.autoanchor import check_anchors
 from utils.cli import UserError
@@ -161,13 +162,12 @@ class Trainer:
         return model.to(self.device)
 
     def _transferable(self, pretrained, model):
-        """Pretrained tensors whose names and shapes match; anchors stay the new model's when they were
-        overridden on purpose (hyp `anchors`, or a --cfg whose anchors differ from the checkpoint's)."""
-        own, state = model.state_dict(), pretrained.state_dict()
+        """Pretrained tensors that fit the new model (a detection head's rows into a -seg head, too); anchors
+        stay the new model's when they were overridden on purpose (hyp `anchors`, or a --cfg whose anchors
+        differ from the checkpoint's)."""
         skip_anchors = bool(self.hyp.get("anchors")) or model.yaml.get("anchors") != pretrained.yaml.get("anchors")
-        keep = {k: v for k, v in state.items()
-                if k in own and v.shape == own[k].shape and not (skip_anchors and "anchors" in k)}
-        print(f"Transferred {len(keep)}/{len(own)} items from {self.opt.weights}")
+        keep = transferable_state(pretrained, model, keep_anchors=not skip_anchors)
+        print(f"Transferred {len(keep)}/{len(model.state_dict())} items from {self.opt.weights}")
         return keep
 
     def _freeze_layers(self):
