@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from models.checkpoint import load_checkpoint
+from models.yolo import load_model_yaml, yaml_task
 from utils.cli import UserError, run_cli
 from utils.files import increment_path, newest_last_checkpoint, resolve_file, yaml_load
 from utils.logging import setup_cli_logging
@@ -22,7 +23,10 @@ from utils.torch_utils import LOCAL_RANK, RANK
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CFG = "yolov5n.yaml"  # the demo's model when neither --cfg nor --weights is given
+DEFAULT_DATA = ROOT / "data/synthetic.yaml"  # the embedded demo set; -seg models get its polygon twin
+DEFAULT_SEG_DATA = ROOT / "data/synthetic-seg.yaml"
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # as YOLOv5: the machine's cores, at most 8
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 UNSUPPORTED = {"evolve": "--evolve (hyperparameter evolution)", "image_weights": "--image-weights",
                "quad": "--quad"}
 
@@ -34,7 +38,8 @@ def build_parser():
     p.add_argument("--cfg", type=str, default="",
                    help="model YAML (models/yolov5{n,s,m,l,x}.yaml); default: the --weights checkpoint's "
                         f"architecture, or {DEFAULT_CFG} from scratch")
-    p.add_argument("--data", type=str, default=str(ROOT / "data/synthetic.yaml"), help="dataset YAML")
+    p.add_argument("--data", type=str, default=str(DEFAULT_DATA),
+                   help=f"dataset YAML (default: the synthetic demo; {DEFAULT_SEG_DATA.name} for -seg models)")
     p.add_argument("--hyp", type=str, default="",
                    help="hyperparameter YAML (default: hyp.scratch-low.yaml; hyp.synthetic.yaml for synthetic data)")
     p.add_argument("--epochs", type=int, default=20, help="total training epochs (the default suits the synthetic demo)")
@@ -72,7 +77,13 @@ def build_parser():
     # speed: the defaults favour throughput; --deterministic trades it for bit-identical reruns
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels, no cuDNN autotuning (bit-identical reruns on CUDA, slower)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (PyTorch 2)")
+    p.add_argument("--compile", nargs="?", const="default", default=False, choices=COMPILE_MODES,
+                   help="torch.compile the student's forward and backward and the teachers' forward, in this mode "
+                        "(reduce-overhead: CUDA graphs; needs fixed shapes, so not with --multi-scale or --rect)")
+    # segmentation (-seg models), as YOLOv5 v7.0's segment/train.py
+    p.add_argument("--mask-ratio", type=int, default=4, help="segmentation: masks at 1/N of the input size")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="segmentation: one mask per instance instead of one overlap map per image")
     return p
 
 
@@ -101,6 +112,7 @@ FLAG_RANGES = {
     "close_mosaic": (lambda v: v >= 0, ">= 0"),
     "freeze": (lambda v: all(x >= 0 for x in v), ">= 0 (layer count, or layer indices)"),
     "seed": (lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
+    "mask_ratio": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -110,6 +122,9 @@ def check_flag_values(opt):
         if not valid(value):
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             raise UserError(f"--{key.replace('_', '-')} {shown}: must be {allowed}")
+    if opt.compile == "reduce-overhead" and (opt.multi_scale or opt.rect):
+        raise UserError("--compile reduce-overhead records CUDA graphs for fixed shapes: drop --multi-scale/--rect, "
+                        "or use --compile default")
     if opt.weights and not Path(opt.weights).is_file():
         raise FileNotFoundError(f"--weights {opt.weights}: file not found (this project never downloads weights: "
                                 "pass a local .pt such as weights/demo_teacher_yolov5s.pt, or --weights '' "
@@ -124,9 +139,12 @@ def prepare_run(opt, script="train.py", defaults=None):
     if opt.resume:
         return _resumed_options(opt, script, defaults or {})
     opt.resume_path = None
-    opt.hyp = opt.hyp or default_hyp(opt.data)
     if not opt.cfg and not opt.weights:
         opt.cfg = DEFAULT_CFG
+    if Path(opt.data) == DEFAULT_DATA and model_task(opt) == "segment":  # the task follows the model
+        opt.data = str(DEFAULT_SEG_DATA)
+        print(f"--data: a -seg model trains on the synthetic set's polygons ({DEFAULT_SEG_DATA.name})")
+    opt.hyp = opt.hyp or default_hyp(opt.data)
     opt.save_dir = str(_agreed_save_dir(opt))
     return opt
 
@@ -160,6 +178,12 @@ def _resumed_options(opt, script, defaults):
     opt.resume, opt.resume_path = str(path), str(path)
     opt.save_dir = str(path.parent.parent)
     return opt
+
+
+def model_task(opt):
+    """'segment' or 'detect': the task of --cfg, else of the --weights checkpoint's architecture."""
+    cfg = load_model_yaml(opt.cfg) if opt.cfg else load_checkpoint(opt.weights)["model_yaml"]
+    return yaml_task(cfg)
 
 
 def default_hyp(data):

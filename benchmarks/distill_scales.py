@@ -54,8 +54,7 @@ def measure(trainer, n_batches):
         imgs = imgs.float() / 255
         preds, feats = student(imgs, feature_layers=student.detect_input_layers())
         sums["detection"] += float(trainer.compute_loss(preds, targets)[0]) / imgs.shape[0]
-        t_preds, t_feats = run_teacher(teacher, imgs, teacher.detect_input_layers())
-        s_in, t_in = DistillInputs(preds, feats), DistillInputs(t_preds, t_feats)
+        s_in, t_in = DistillInputs(preds, feats), run_teacher(teacher, imgs, teacher.detect_input_layers())
         for name, (term, _) in terms.items():
             sums[name] += float(term(s_in, t_in)[0])
     return {k: v / n_batches for k, v in sums.items()}

@@ -11,7 +11,7 @@ from distill.objective import DistillationObjective, feature_terms_from, output_
 from distill.teacher import TeacherMismatchError, adopt_teacher_anchors, check_compatible, load_teacher
 from utils.cli import UserError
 from utils.objective import ObjectiveBuilder
-from utils.torch_utils import RANK
+from utils.torch_utils import RANK, compiled
 
 
 def load_checked_teachers(student, device, opt):
@@ -79,6 +79,8 @@ class DistillationBuilder(ObjectiveBuilder):
                 student, self.teachers, opt.d_feature, opt.d_feature_weight, opt.d_feature_layers,
                 opt.t_feature_layers, opt.d_standardize, opt.d_tau)
         objective = DistillationObjective(task_objective, self.teachers, output_terms, feature_terms, s_layers,
-                                          t_layers, pseudo_conf=opt.d_pseudo, off_last_epochs=opt.d_off_last)
+                                          t_layers, pseudo_conf=opt.d_pseudo, off_last_epochs=opt.d_off_last,
+                                          teacher_forwards=[compiled(t, opt.compile) if opt.compile else None
+                                                            for t in self.teachers])
         return objective.to(next(student.parameters()).device)
 

@@ -7,7 +7,7 @@ into the batch's units, see utils/objective.py) and `items` an ordered dict `nam
 tensor` for logging. Teacher tensors are always detached here. Gains are fixed at construction.
 """
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,9 @@ from distill.features import FEATURE_LOSSES, build_adapters, standardize_channel
 @dataclass
 class DistillInputs:
     """What one network (student or teacher) produced for a batch."""
-    preds: Sequence[torch.Tensor] = ()     # raw Detect levels [B, na, ny, nx, 5 + nc]
+    preds: Sequence[torch.Tensor] = ()     # raw Detect levels [B, na, ny, nx, 5 + nc (+ nm mask coefficients)]
     features: Sequence[torch.Tensor] = field(default_factory=tuple)  # tapped maps [B, C, H, W]
+    protos: Optional[torch.Tensor] = None  # a segmentation head's prototypes [B, nm, H/4, W/4]
 
 
 class DistillLoss(nn.Module):

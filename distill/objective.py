@@ -50,15 +50,17 @@ class DistillationObjective(Objective):
     averaged. Teachers are kept in a plain list: they are neither trained, nor saved, nor parameters.
     `pseudo_conf`: the teachers' detections above it become the unlabeled images' labels (None: the
     unlabeled images get the distillation terms only). `off_last_epochs`: the student trains alone then.
+    `teacher_forwards`: each teacher's compiled forward (--compile), None to call the teacher itself.
     """
 
     def __init__(self, task, teachers, output_terms, feature_terms=(), feature_layers=(), teacher_layers=None,
-                 pseudo_conf=None, off_last_epochs=0):
+                 pseudo_conf=None, off_last_epochs=0, teacher_forwards=None):
         super().__init__()
         if not output_terms and not feature_terms:
             raise ValueError("a distillation objective needs an output or a feature term")
         self.task = task
         self.teachers = list(teachers)
+        self.teacher_forwards = list(teacher_forwards or [None] * len(self.teachers))  # compiled (--compile)
         self.output_terms = nn.ModuleDict(output_terms)
         self.feature_terms = nn.ModuleList(feature_terms)
         self.feature_layers = tuple(feature_layers) if feature_terms else ()
@@ -98,8 +100,8 @@ class DistillationObjective(Objective):
         if not self.active:  # the same columns, so results.csv stays rectangular
             loss, items = self.task(batch, raw, features)
             return loss, torch.cat((items, items.new_zeros(len(self.item_names) - len(items))))
-        teacher_outs = [DistillInputs(*run_teacher(t, batch.imgs, layers))
-                        for t, layers in zip(self.teachers, self.teacher_layers)]
+        teacher_outs = [run_teacher(t, batch.imgs, layers, forward)
+                        for t, layers, forward in zip(self.teachers, self.teacher_layers, self.teacher_forwards)]
         batch, pseudo_per_image = self._pseudo_labelled(batch, teacher_outs)
         task_loss, task_items = self.task(batch, raw, features)
         student = DistillInputs(list(self.task.detection_levels(raw)), list(features or []))

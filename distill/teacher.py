@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from distill.losses import DistillInputs
 from models.checkpoint import load_model
 from models.yolo import Model
 from utils.cli import UserError
@@ -109,19 +110,20 @@ def raw_levels_only(model):
 
 
 @torch.no_grad()
-def run_teacher(teacher, imgs, feature_layers=None):
-    """Raw prediction levels (and tapped features) of the teacher, in the teacher's precision.
+def run_teacher(teacher, imgs, feature_layers=None, forward=None):
+    """What the teacher outputs for the batch, as DistillInputs: raw prediction levels, the tapped features
+    and (a segmentation teacher) its prototypes, in the teacher's precision.
 
     The student's autocast is switched off here: a half precision teacher (CUDA) computes in fp16 with
     its own weights, not in the student's bf16 with weights re-cast every batch, and a float teacher
     in float. Half teachers hand over half tensors: the losses upcast one level at a time, so no
     float32 copy of every output lives through the student's backward pass. no_grad (not
     inference_mode) makes ordinary tensors that autograd may save for the student's backward.
+    `forward`: the teacher's compiled forward (--compile), else the teacher itself is called.
     """
     x = imgs.to(next(teacher.parameters()).dtype)
+    net = forward or teacher
     with torch.autocast(x.device.type, enabled=False), raw_levels_only(teacher):
-        if feature_layers:
-            raw, feats = teacher(x, feature_layers=feature_layers)
-        else:
-            raw, feats = teacher(x), []
-    return list(raw), list(feats)
+        raw, feats = net(x, feature_layers=feature_layers or [])
+    levels, protos = raw if teacher.task == "segment" else (raw, None)  # train-mode output of the head
+    return DistillInputs(list(levels), list(feats), protos)

@@ -162,6 +162,12 @@ def load_model_yaml(cfg):
     return d
 
 
+def yaml_task(d):
+    """The task a model config builds: 'segment' when its last layer is a Segment head, else 'detect'."""
+    head = (list(d.get('backbone') or []) + list(d.get('head') or []))[-1:]
+    return 'segment' if head and len(head[0]) > 2 and head[0][2] == 'Segment' else 'detect'
+
+
 def _resolve_arg(a, nc, anchors):
     """Replace the YAML placeholders YOLOv5 evaluates ('nc', 'anchors', 'None', ...) by values."""
     if not isinstance(a, str):

@@ -183,12 +183,13 @@ def test_teacher_gives_raw_levels_without_decoding(teacher_pt, monkeypatch):
     with torch.no_grad():
         _, expected = teacher(x)  # eval forward: decoded boxes and raw levels
     monkeypatch.setattr(Detect, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded")))
-    raw, feats = run_teacher(teacher, x, [17, 20, 23])
+    out = run_teacher(teacher, x, [17, 20, 23])
+    raw, feats = out.preds, out.features
     assert all(torch.equal(r, e) for r, e in zip(raw, expected)) and len(feats) == 3
     assert not teacher.training and not teacher.model[-1].training
     assert all(torch.equal(state[k], v) for k, v in teacher.state_dict().items())  # BN stats untouched
     half = load_teacher(teacher_pt, device="cpu", half=True)
-    assert run_teacher(half, x)[0][0].dtype == torch.float16  # upcast later, per level
+    assert run_teacher(half, x).preds[0].dtype == torch.float16  # upcast later, per level
 
 
 def test_distillation_strength_is_per_image_at_any_batch_size(teacher_pt):

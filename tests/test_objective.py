@@ -88,9 +88,9 @@ def test_teacher_runs_outside_the_students_autocast():
     """Defect 1: under the student's (CPU bf16) autocast the float teacher computed in bf16."""
     teacher = load_teacher(DEMO_TEACHER, device="cpu")
     x = torch.rand(2, 3, 64, 64)
-    plain, _ = run_teacher(teacher, x)
+    plain = run_teacher(teacher, x).preds
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside, _ = run_teacher(teacher, x)
+        inside = run_teacher(teacher, x).preds
     assert all(level.dtype == torch.float32 for level in inside)
     assert all(torch.equal(a, b) for a, b in zip(plain, inside))
 
@@ -132,3 +132,22 @@ def test_detection_objective_is_the_detection_loss():
         loss, items = objective(Batch(imgs, targets, mask), raw, [])
         want, want_items = loss_fn(raw, targets, mask)
         assert torch.equal(loss, want) and torch.equal(items, want_items)
+
+
+@pytest.mark.slow
+def test_compiled_student_and_teacher_give_the_eager_step():
+    """--compile: the student's forward/backward and the teacher's forward compiled, the same step (CPU)."""
+    from utils.torch_utils import compiled
+    imgs, targets, labelled = golden_batch()
+    results = []
+    for mode in (False, "default"):
+        trainer = distillation_trainer(["--d_feature", "cwd", "--d_pseudo", "0.25"])
+        trainer.forward = compiled(trainer.model, mode)
+        trainer.objective.teacher_forwards = [compiled(t, mode) for t in trainer.objective.teachers]
+        trainer.model.train()
+        items = trainer._train_step(Batch(imgs, targets, labelled))
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        results.append((items, grads))
+    (eager_items, eager_grads), (items, grads) = results
+    assert torch.allclose(items, eager_items, rtol=1e-4, atol=1e-6)
+    assert (grads - eager_grads).norm() <= 1e-3 * eager_grads.norm()

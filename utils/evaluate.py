@@ -18,7 +18,7 @@ from tqdm import tqdm
 from utils.boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.cli import UserError
 from utils.coco_eval import prediction_entries
-from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions, pr_curves
+from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, fitness, match_predictions, pr_curves
 from utils.torch_utils import de_parallel
 
 TABLE_HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -70,6 +70,11 @@ class EvalResult:
     def as_tuple(self):
         """YOLOv5's results tuple: (P, R, mAP50, mAP50-95, box, obj, cls val losses)."""
         return (float(self.mp), float(self.mr), float(self.map50), float(self.map), *map(float, self.losses))
+
+    @property
+    def fitness(self):
+        """What best.pt maximises: YOLOv5's 0.1 * mAP50 + 0.9 * mAP50-95."""
+        return float(fitness(np.array(self.as_tuple()).reshape(1, -1))[0])
 
 
 def build_loader(data, task="val", imgsz=640, batch_size=32, stride=32, single_cls=False, workers=8):

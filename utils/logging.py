@@ -12,13 +12,14 @@ YOLOV5_COLUMNS = ["epoch"] + TRAIN_LOSS_KEYS + METRIC_KEYS + VAL_LOSS_KEYS + LR_
 class ResultsLogger:
     """Appends one row per epoch to `results.csv` and mirrors every value to TensorBoard.
 
-    YOLOv5's 14 columns come first and in its order, because plotting scripts index them by position;
-    extra columns (distillation terms `train/<name>`, `x/elapsed_s`) follow.
+    `columns` are the run's, fixed before the first epoch: the task's YOLOv5 columns first and in
+    YOLOv5's order, because plotting scripts index them by position; extra columns (distillation terms
+    `train/<name>`, `x/elapsed_s`) follow.
     """
 
-    def __init__(self, save_dir, extra_columns=(), tensorboard=True):
+    def __init__(self, save_dir, columns=YOLOV5_COLUMNS, tensorboard=True):
         self.csv_path = Path(save_dir) / "results.csv"
-        self.columns = YOLOV5_COLUMNS + [c for c in extra_columns if c not in YOLOV5_COLUMNS]
+        self.columns = list(columns)
         self.tb = None
         if tensorboard:
             try:

@@ -85,6 +85,24 @@ class DetectionObjective(Objective):
         return raw
 
 
+class SegmentationObjective(Objective):
+    """YOLOv5 v7.0's segmentation loss (utils/seg_loss.py ComputeSegLoss): the detection terms plus the
+    mask BCE of coefficients x prototypes inside each box, on the labelled images of the batch."""
+    item_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
+
+    def __init__(self, compute_loss):
+        super().__init__()
+        self.compute_loss = compute_loss
+
+    def forward(self, batch, raw, features=()):
+        return self.compute_loss(raw, batch.targets, batch.masks, batch.labelled)
+
+    @staticmethod
+    def detection_levels(raw):
+        """The raw prediction levels of a segmentation model's train-mode output `(levels, proto)`."""
+        return raw[0]
+
+
 class ObjectiveBuilder:
     """What train.py optimises: the task objective alone. train_distillation.py passes a subclass
     (distill.builder.DistillationBuilder) that loads teachers and adds their terms.

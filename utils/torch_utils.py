@@ -201,3 +201,12 @@ class EarlyStopping:
 
     def load_state_dict(self, state):
         self.best_fitness, self.best_epoch = float(state["best_fitness"]), int(state["best_epoch"])
+
+
+def compiled(module, mode):
+    """`torch.compile(module, mode=mode)`, or the module itself when `mode` is falsy (no --compile).
+
+    `mode` True (runs saved when --compile was a plain switch) means torch.compile's default mode."""
+    if not mode:
+        return module
+    return torch.compile(module, mode=None if mode in (True, "default") else mode)

@@ -31,11 +31,10 @@ from utils.datasets import create_dataloader
 from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, shown_path, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
-from utils.loss import ComputeLoss
-from utils.metrics import fitness
-from utils.objective import Batch, DetectionObjective, ObjectiveBuilder
+from utils.objective import Batch, ObjectiveBuilder
+from utils.tasks import TASKS
 from utils.sources import check_imgsz
-from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, autocast_dtype,
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, EarlyStopping, ModelEMA, autocast_dtype, compiled,
                                de_parallel, init_seeds, lr_lambda, select_device, smart_optimizer,
                                to_channels_last, torch_distributed_zero_first)
 
@@ -96,6 +95,7 @@ class Trainer:
         self.names = ["item"] if opt.single_cls and len(self.data["names"]) != 1 else self.data["names"]
 
         self.model = self._build_model()
+        self.task = TASKS[self.model.task]  # what the batches carry, the task loss, the validation columns
         self.gs = max(int(self.model.stride.max()), 32)
         opt.imgsz = check_imgsz(opt.imgsz, self.gs)[0]  # --img 100 -> 128 with a warning, as YOLOv5
         if is_main_process():
@@ -110,8 +110,10 @@ class Trainer:
                                                            resuming=self.resume_ckpt is not None)
         self._build_loaders()
         self._scale_hyp_for_model()
-        self.compute_loss = ComputeLoss(self.model)
-        self.objective = self.builder.build(DetectionObjective(self.compute_loss), self.model, self.hyp,
+        task_objective = self.task.objective(self.model, opt)
+        self.compute_loss = task_objective.compute_loss  # also the validation loss
+        self.task_items = task_objective.item_names
+        self.objective = self.builder.build(task_objective, self.model, self.hyp,
                                             unlabeled_images=self.dataset.n_unlabeled)
         self.optimizer = smart_optimizer(self.model, opt.optimizer, self.hyp["lr0"], self.hyp["momentum"],
                                          self.hyp["weight_decay"], self.objective.trainable_modules())
@@ -129,8 +131,9 @@ class Trainer:
         if is_main_process():  # only a run that could start records its options
             yaml_save(self.save_dir / "hyp.yaml", self.hyp_as_given)
             yaml_save(self.save_dir / "opt.yaml", vars(opt))
-        # --compile compiles the forward only; EMA, checkpoints and state-dict keys use self.model.
-        self.forward = torch.compile(self.model) if opt.compile else self.model
+        # --compile compiles the student's forward (and so its backward); EMA, validation, checkpoints and
+        # state-dict keys use self.model, exactly as without it.
+        self.forward = compiled(self.model, opt.compile)
 
     @property
     def deterministic(self):
@@ -184,13 +187,15 @@ class Trainer:
         self.train_loader, self.dataset = create_dataloader(
             self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
             rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
-            single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self.builder.unlabeled_source(self.data))
+            single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self.builder.unlabeled_source(self.data),
+            **self.task.loader_options(opt))
         self.unlabeled_files = self.dataset.unlabeled_files  # per-image flags of each batch come from its paths
         self.val_loader = None
         if is_main_process():
             self.val_loader, _ = create_dataloader(
                 self.data["val"], opt.imgsz, rank_batch * 2, self.gs, hyp=hyp, cache=opt.cache, rect=True,
-                rank=-1, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, prefix="val: ", nc=self.nc)
+                rank=-1, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, prefix="val: ", nc=self.nc,
+                **self.task.loader_options(opt))
             if not self.resume_ckpt:
                 if self.anchors_set_by:
                     print(f"AutoAnchor: skipped, {self.anchors_set_by}")
@@ -258,14 +263,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self):
-        """Run all epochs; returns the final validation results (P, R, mAP50, mAP, val losses)."""
+        """Run all epochs; returns the final validation results (YOLOv5's tuple: the task's metrics, val losses)."""
         self._setup_or_clean_up()
         opt = self.opt
         nb = len(self.train_loader)
         self.warmup_iters = max(round(self.hyp["warmup_epochs"] * nb), 100) if self.hyp["warmup_epochs"] else 0
         stopper = self.stopper
-        results = (0.0,) * 7
-        self.logger = ResultsLogger(self.save_dir, tensorboard=is_main_process()) if is_main_process() else None
+        results = None  # the latest EvalResult
+        self.logger = ResultsLogger(self.save_dir, self._results_columns()) if is_main_process() else None
         if self.logger and self.resume_ckpt:  # --resume continues results.csv from its last finished epoch
             self.logger.truncate_after(self.start_epoch - 1)
         elif self.logger:  # a fresh run starts its own results.csv, even in an --exist-ok folder
@@ -284,7 +289,7 @@ class Trainer:
                 final = epoch + 1 == opt.epochs
                 if not opt.noval or final:
                     results = self._validate()
-                fi = float(fitness(np.array(results).reshape(1, -1))[0])
+                fi = results.fitness if results else 0.0
                 stop = stopper(epoch, fi) or final
                 if fi > self.best_fitness:
                     self.best_fitness = fi
@@ -299,7 +304,7 @@ class Trainer:
                 break
         if is_main_process():
             results = self._final_report(results)
-        return results
+        return results.as_tuple() if results else (0.0,) * len(self.task.metric_keys)
 
     def _train_one_epoch(self, epoch, nb):
         """One pass over the training set; returns the epoch's mean loss items by name."""
@@ -320,7 +325,7 @@ class Trainer:
             pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
         self.optimizer.zero_grad(set_to_none=True)
         pending, last_draw = False, -math.inf
-        for i, (imgs, targets, paths, _) in pbar:
+        for i, (imgs, targets, paths, _, *masks) in pbar:  # segmentation batches also carry masks
             ni = self.current_ni = i + nb * epoch
             labelled = self._labelled_mask(paths)
             if labelled is not None:
@@ -331,7 +336,8 @@ class Trainer:
             self._warmup(ni, epoch)
             if opt.multi_scale:
                 imgs = self._random_rescale(imgs)
-            batch = Batch(imgs, targets.to(self.device, non_blocking=True), labelled)
+            batch = Batch(imgs, targets.to(self.device, non_blocking=True), labelled,
+                          masks[0].to(self.device, non_blocking=True) if masks else None)
             step_now = self._accumulation_done(ni)
             # gradients are synced on every batch that steps, including the epoch's last (stepped below)
             with self._gradient_sync(step_now or i == nb - 1):
@@ -429,21 +435,22 @@ class Trainer:
                        single_cls=self.opt.single_cls, nc=self.nc, names=self.names,
                        compute_loss=self.compute_loss, leave_bar=False)
         print_results(res)
-        return res.as_tuple()
+        return res
+
+    def _results_columns(self):
+        """results.csv: YOLOv5's columns of the task in its order (plotting scripts index them by position),
+        then the objective's other items (distillation terms) and the elapsed time."""
+        task_items = [f"train/{k}" for k in self.task_items]
+        lrs = [f"x/lr{j}" for j in range(3)]
+        extra = [f"train/{k}" for k in self.objective.item_names if f"train/{k}" not in task_items]
+        return ["epoch", *task_items, *self.task.metric_keys, *lrs, *extra, "x/elapsed_s"]
 
     def _log_epoch(self, epoch, train_items, results, lrs):
-        row = {"epoch": epoch}
-        for k, v in train_items.items():
-            row[f"train/{k}"] = v
-        keys = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-                "val/box_loss", "val/obj_loss", "val/cls_loss"]
-        row.update(dict(zip(keys, results)))
-        for j, lr in enumerate(lrs):
-            row[f"x/lr{j}"] = lr
+        row = {"epoch": epoch, **{f"train/{k}": v for k, v in train_items.items()}}
+        values = results.as_tuple() if results else (0.0,) * len(self.task.metric_keys)
+        row.update(zip(self.task.metric_keys, values))
+        row.update({f"x/lr{j}": lr for j, lr in enumerate(lrs)})
         row["x/elapsed_s"] = round(self.elapsed, 2)
-        if epoch == self.start_epoch and self.logger.columns[-1] != "x/elapsed_s":
-            extra_cols = [f"train/{k}" for k in train_items] + ["x/elapsed_s"]
-            self.logger.columns += [c for c in extra_cols if c not in self.logger.columns]
         self.logger.log_epoch(row)
 
     def _checkpoint(self, epoch, fi):
@@ -486,13 +493,14 @@ class Trainer:
                            names=self.names, compute_loss=self.compute_loss, plots=not self.opt.noplots,
                            save_dir=self.save_dir)
             print_results(res, per_class=True)
-            results = res.as_tuple()
+            results = res
         if not self.opt.noplots:
             from utils.plots import plot_results
             plot_results(self.save_dir / "results.csv")
         if self.logger:
             self.logger.close()
+        values = results.as_tuple() if results else (0.0,) * len(self.task.metric_keys)
         print(f"Training finished in {self.elapsed / 3600:.3f} hours ({self.elapsed:.0f} s of epochs).\n"
-              f"Final {shown_path(best) if best.exists() else 'model'}: mAP@0.5 {results[2]:.3f}, "
-              f"mAP@0.5:0.95 {results[3]:.3f}\nResults saved to {shown_path(self.save_dir)}")
+              f"Final {shown_path(best) if best.exists() else 'model'}: {self.task.headline(values)}\n"
+              f"Results saved to {shown_path(self.save_dir)}")
         return results
