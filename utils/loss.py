@@ -65,6 +65,7 @@ class ComputeLoss:
         device = next(model.parameters()).device
         self.hyp = hyp
         self.na, self.nc, self.nl = det.na, det.nc, det.nl
+        self.nm = getattr(det, "nm", 0)  # a Segment head's mask coefficients follow the class scores
         self.anchors = det.anchors  # [nl, na, 2] in stride units; a buffer, so it follows the model
         self.device = device
         self.balance = LEVEL_BALANCE.get(self.nl, LEVEL_BALANCE_OTHER)
@@ -81,21 +82,30 @@ class ComputeLoss:
         if len(preds) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(preds)}")
         targets = targets.to(self.device, non_blocking=True)
-        bs = preds[0].shape[0]
-        if labelled is not None:  # a host tensor (built from the batch's paths): counting it costs no sync
-            bs = int(labelled.sum())
-            if bs == 0:  # nothing to learn from: a zero that keeps the graph
-                return sum(p.sum() for p in preds) * 0.0, torch.zeros(3, device=self.device)
-            labelled = labelled.to(self.device, non_blocking=True)
+        bs, labelled = self.images_counted(preds[0].shape[0], labelled)
+        if bs == 0:  # nothing to learn from: a zero that keeps the graph
+            return zero_loss(preds, 3, self.device)
+        lbox, lobj, lcls = self.detection_terms(preds, self.build_targets(preds, targets), labelled)
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def images_counted(self, bs, labelled):
+        """(images the loss covers, `labelled` on the device or None): all bs, or the labelled ones."""
+        if labelled is None:
+            return bs, None
+        # a host tensor (built from the batch's paths): counting it costs no sync
+        return int(labelled.sum()), labelled.to(self.device, non_blocking=True)
+
+    def detection_terms(self, preds, assigned, labelled=None):
+        """(box, obj, cls) terms, gains applied, from the levels and build_targets' assignment."""
         lbox = torch.zeros(1, device=self.device)
         lobj = torch.zeros(1, device=self.device)
         lcls = torch.zeros(1, device=self.device)
-        tcls, tbox, indices, anchors = self.build_targets(preds, targets)
+        tcls, tbox, indices, anchors = assigned[:4]
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=self.device)
             if b.shape[0]:
-                pxy, pwh, _, pcls = pi[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+                pxy, pwh, _, pcls, _ = pi[b, a, gj, gi].split((2, 2, 1, self.nc, self.nm), 1)
                 pbox = torch.cat((pxy.sigmoid() * 2 - 0.5, (pwh.sigmoid() * 2) ** 2 * anchors[i]), 1)
                 iou = bbox_iou(pbox, tbox[i], CIoU=True).squeeze(-1)
                 lbox += (1.0 - iou).mean()
@@ -109,19 +119,18 @@ class ComputeLoss:
                 lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
             else:
                 lobj += self.bce_obj(pi[..., 4][labelled], tobj[labelled]) * self.balance[i]
-        lbox *= self.hyp["box"]
-        lobj *= self.hyp["obj"]
-        lcls *= self.hyp["cls"]
-        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+        return lbox * self.hyp["box"], lobj * self.hyp["obj"], lcls * self.hyp["cls"]
 
-    def build_targets(self, preds, targets):
+    def build_targets(self, preds, targets, rows=False):
         """Assign each target to anchors (by shape ratio) and cells (its own + two neighbours) per level.
 
         Returns per level: class ids, boxes (xy offset from the cell, wh) in grid units,
-        indices (image, anchor, gy, gx) and the matched anchors.
+        indices (image, anchor, gy, gx) and the matched anchors; with `rows`, also the index of the
+        target row each positive was assigned from (what a per-target term, e.g. a mask, looks up).
         """
         na, nt = self.na, targets.shape[0]
-        tcls, tbox, indices, anch = [], [], [], []
+        tcls, tbox, indices, anch, trows = [], [], [], [], []
+        row = torch.arange(nt, device=self.device).repeat(na, 1)  # [na, nt]: follows each target's copies
         gains = self.grid_gains(preds)
         ai = torch.arange(na, device=self.device).float().view(na, 1).repeat(1, nt)
         targets = torch.cat((targets.repeat(na, 1, 1), ai[..., None]), 2)  # [na, nt, 7]: + anchor index
@@ -132,16 +141,16 @@ class ComputeLoss:
             if nt:
                 r = t[..., 4:6] / anchors[:, None]
                 keep = torch.max(r, 1 / r).max(2)[0] < self.hyp["anchor_t"]
-                t = t[keep]
+                t, r = t[keep], row[keep]
                 gxy = t[:, 2:4]
                 gxi = gain[2:4] - gxy  # distance from the far edge (a slice: no index tensor to copy)
                 left, top = ((gxy % 1 < g) & (gxy > 1)).T
                 right, bottom = ((gxi % 1 < g) & (gxi > 1)).T
                 use = torch.stack((torch.ones_like(left), left, top, right, bottom))
-                t = t.repeat((5, 1, 1))[use]
+                t, r = t.repeat((5, 1, 1))[use], r.repeat((5, 1))[use]
                 offsets = (torch.zeros_like(gxy)[None] + off[:, None])[use]
             else:
-                t = targets[0]
+                t, r = targets[0], row[0]
                 offsets = 0
             bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
             a, (b, c) = a.long().view(-1), bc.long().T
@@ -151,7 +160,8 @@ class ComputeLoss:
             tbox.append(torch.cat((gxy - gij, gwh), 1))
             anch.append(anchors[a])
             tcls.append(c)
-        return tcls, tbox, indices, anch
+            trows.append(r)
+        return (tcls, tbox, indices, anch, trows) if rows else (tcls, tbox, indices, anch)
 
     def grid_gains(self, preds):
         """Per level, the factors (1, 1, nx, ny, nx, ny, 1) taking normalised targets to grid units.
@@ -167,3 +177,8 @@ class ComputeLoss:
             gains = torch.tensor([[1, 1, nx, ny, nx, ny, 1] for ny, nx in key], dtype=torch.float32)
             gains = self._grid_gains[key] = gains.to(self.device)
         return gains
+
+
+def zero_loss(tensors, n_items, device):
+    """A zero loss that keeps the graph of `tensors`, and n_items zero items (a batch with nothing to learn)."""
+    return sum(t.sum() for t in tensors) * 0.0, torch.zeros(n_items, device=device)
