@@ -6,6 +6,7 @@ results.csv gets. The trainer asks `TASKS[model.task]` once and never branches o
 from utils.logging import METRIC_KEYS, VAL_LOSS_KEYS
 from utils.loss import ComputeLoss
 from utils.objective import DetectionObjective, SegmentationObjective
+from utils.seg_loss import ComputeSegLoss
 
 DETECT_METRIC_KEYS = tuple(METRIC_KEYS + VAL_LOSS_KEYS)
 SEGMENT_METRIC_KEYS = tuple(f"metrics/{m}({kind})" for kind in "BM"
@@ -44,7 +45,6 @@ class SegmentTask:
 
     @staticmethod
     def objective(model, opt):
-        from utils.seg_loss import ComputeSegLoss
         return SegmentationObjective(ComputeSegLoss(model, overlap=not opt.no_overlap))
 
     @staticmethod
