@@ -22,7 +22,7 @@ def crop_mask(masks, boxes):
     return masks * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
 
 
-def _mask_probabilities(protos, coeffs):
+def mask_probabilities(protos, coeffs):
     """sigmoid(coeffs [n, nm] @ protos [nm, mh, mw]) -> [n, mh, mw], in float32."""
     nm, mh, mw = protos.shape
     return (coeffs.float() @ protos.float().view(nm, -1)).sigmoid().view(-1, mh, mw)
@@ -48,7 +48,7 @@ def process_mask(protos, coeffs, boxes, shape, upsample=False):
     if not len(coeffs):
         return _empty(protos, shape if upsample else (mh, mw))
     ih, iw = shape
-    masks = _mask_probabilities(protos, coeffs)
+    masks = mask_probabilities(protos, coeffs)
     masks = crop_mask(masks, boxes.float() * boxes.new_tensor([mw / iw, mh / ih, mw / iw, mh / ih]).float())
     if upsample:
         masks = _upsample(masks, shape)
@@ -60,7 +60,7 @@ def process_mask_upsample(protos, coeffs, boxes, shape):
     its val.py uses for --save-json). Returns bool [n, h, w]."""
     if not len(coeffs):
         return _empty(protos, shape)
-    masks = _upsample(_mask_probabilities(protos, coeffs), shape)
+    masks = _upsample(mask_probabilities(protos, coeffs), shape)
     return crop_mask(masks, boxes.float()) > 0.5
 
 

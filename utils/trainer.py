@@ -439,10 +439,13 @@ class Trainer:
 
     def _results_columns(self):
         """results.csv: YOLOv5's columns of the task in its order (plotting scripts index them by position),
-        then the objective's other items (distillation terms) and the elapsed time."""
+        then the objective's other items (distillation terms), the epoch's image counts when unlabeled images
+        are mixed in, and the elapsed time."""
         task_items = [f"train/{k}" for k in self.task_items]
         lrs = [f"x/lr{j}" for j in range(3)]
         extra = [f"train/{k}" for k in self.objective.item_names if f"train/{k}" not in task_items]
+        if self.unlabeled_files:
+            extra += ["train/labelled_imgs", "train/unlabeled_imgs"]
         return ["epoch", *task_items, *self.task.metric_keys, *lrs, *extra, "x/elapsed_s"]
 
     def _log_epoch(self, epoch, train_items, results, lrs):
