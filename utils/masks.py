@@ -64,33 +64,39 @@ def process_mask_upsample(protos, coeffs, boxes, shape):
     return crop_mask(masks, boxes.float()) > 0.5
 
 
-def _unpad_resize(masks, input_shape, img0_shape, ratio_pad=None):
-    """Float masks [n, h, w] covering the letterboxed input (h, w) at any resolution: the padding cut
-    off (v7.0's integer bounds, in the masks' own pixels), then a bilinear resize to img0 (h0, w0)."""
-    h, w = masks.shape[1:]
-    ih, iw = input_shape[:2]
-    _, (pad_w, pad_h) = letterbox_geometry(input_shape, img0_shape, ratio_pad)
-    top, bottom = int(pad_h * h / ih), int((ih - pad_h) * h / ih)
-    left, right = int(pad_w * w / iw), int((iw - pad_w) * w / iw)
-    return _upsample(masks[:, top:bottom, left:right], img0_shape[:2])
-
-
 def scale_masks(img1_shape, masks, img0_shape, ratio_pad=None):
     """Masks [n, h1, w1] made on the letterboxed input img1 (h, w) -> bool [n, h0, w0] on the
     original image: padding cut off (v7.0's integer bounds), then a bilinear resize (`ratio_pad`:
     see utils.boxes.letterbox_geometry)."""
+    h0, w0 = img0_shape[:2]
     if not len(masks):
-        return torch.zeros((0, *img0_shape[:2]), dtype=torch.bool, device=masks.device)
-    return _unpad_resize(masks, img1_shape, img0_shape, ratio_pad) > 0.5
+        return torch.zeros((0, h0, w0), dtype=torch.bool, device=masks.device)
+    h1, w1 = img1_shape[:2]
+    _, (pad_w, pad_h) = letterbox_geometry(img1_shape, img0_shape, ratio_pad)
+    top, left, bottom, right = int(pad_h), int(pad_w), int(h1 - pad_h), int(w1 - pad_w)
+    return _upsample(masks[:, top:bottom, left:right], (h0, w0)) > 0.5
+
+
+def _sample_on_image(masks, input_shape, img0_shape, ratio_pad=None):
+    """Float masks [n, h, w] covering the whole letterboxed input (h, w any resolution) -> [n, h0, w0]:
+    each original-image pixel centre is mapped exactly through the letterbox and sampled bilinearly
+    (no integer padding bounds, which at 1/4 resolution would shift masks by up to 4 input pixels)."""
+    gain, (pad_w, pad_h) = letterbox_geometry(input_shape, img0_shape, ratio_pad)
+    (ih, iw), (h0, w0) = input_shape[:2], img0_shape[:2]
+    dev = masks.device
+    xs = ((torch.arange(w0, device=dev) + 0.5) * gain + pad_w) / iw * 2 - 1  # grid_sample's [-1, 1] span
+    ys = ((torch.arange(h0, device=dev) + 0.5) * gain + pad_h) / ih * 2 - 1
+    grid = torch.stack((xs.view(1, w0).expand(h0, w0), ys.view(h0, 1).expand(h0, w0)), -1)[None]
+    return F.grid_sample(masks[None].float(), grid, mode='bilinear', padding_mode='border', align_corners=False)[0]
 
 
 def process_mask_native(protos, coeffs, boxes, input_shape, img0_shape, ratio_pad=None):
     """Masks at the original image's resolution (v7.0's --retina-masks idea, done at the source):
-    probabilities at prototype resolution, padding cut, resized straight to img0 (h0, w0) and
-    cropped by the xyxy `boxes` given in img0 pixels. Returns bool [n, h0, w0]."""
+    probabilities at prototype resolution sampled straight onto img0 (h0, w0), then cropped by the
+    xyxy `boxes` given in img0 pixels. Returns bool [n, h0, w0]."""
     if not len(coeffs):
         return _empty(protos, img0_shape[:2])
-    masks = _unpad_resize(_mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
+    masks = _sample_on_image(_mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
     return crop_mask(masks, boxes.float()) > 0.5
 
 
