@@ -33,6 +33,7 @@ from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
 CROP_GAIN, CROP_PAD = 1.02, 10  # crops are slightly larger than the box, as YOLOv5 saves them
+MASK_CHUNK = 16  # -seg masks brought to the image size at once: 16 x 8 MB of float32 for a 1080p frame
 
 
 def check_display():
@@ -103,7 +104,14 @@ def polygon_lines(masks, det, shape, save_conf):
 def instance_masks(protos, det, input_shape, im0_shape, retina):
     """Masks of the detections (boxes still in input pixels) -> (masks the polygons come from, the same
     masks on the original image [n, h0, w0]). As v7.0: made at the input size, then cut out of the
-    letterbox and resized; --retina-masks: from the prototypes straight to the image's resolution."""
+    letterbox and resized; --retina-masks: from the prototypes straight to the image's resolution.
+    Done MASK_CHUNK detections at a time: the float intermediates at image size stay bounded."""
+    parts = [_instance_masks(protos, det[i:i + MASK_CHUNK], input_shape, im0_shape, retina)
+             for i in range(0, max(len(det), 1), MASK_CHUNK)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _instance_masks(protos, det, input_shape, im0_shape, retina):
     if retina:
         boxes0 = scale_boxes(input_shape, det[:, :4].clone(), im0_shape)
         masks0 = process_mask_native(protos, det[:, 6:], boxes0, input_shape, im0_shape)
