@@ -77,6 +77,29 @@ def scale_masks(img1_shape, masks, img0_shape, ratio_pad=None):
     return _upsample(masks[:, top:bottom, left:right], (h0, w0)) > 0.5
 
 
+def _sample_on_image(masks, input_shape, img0_shape, ratio_pad=None):
+    """Float masks [n, h, w] covering the whole letterboxed input (h, w any resolution) -> [n, h0, w0]:
+    each original-image pixel centre is mapped exactly through the letterbox and sampled bilinearly
+    (no integer padding bounds, which at 1/4 resolution would shift masks by up to 4 input pixels)."""
+    gain, (pad_w, pad_h) = letterbox_geometry(input_shape, img0_shape, ratio_pad)
+    (ih, iw), (h0, w0) = input_shape[:2], img0_shape[:2]
+    dev = masks.device
+    xs = ((torch.arange(w0, device=dev) + 0.5) * gain + pad_w) / iw * 2 - 1  # grid_sample's [-1, 1] span
+    ys = ((torch.arange(h0, device=dev) + 0.5) * gain + pad_h) / ih * 2 - 1
+    grid = torch.stack((xs.view(1, w0).expand(h0, w0), ys.view(h0, 1).expand(h0, w0)), -1)[None]
+    return F.grid_sample(masks[None].float(), grid, mode='bilinear', padding_mode='border', align_corners=False)[0]
+
+
+def process_mask_native(protos, coeffs, boxes, input_shape, img0_shape, ratio_pad=None):
+    """Masks at the original image's resolution (v7.0's --retina-masks idea, done at the source):
+    probabilities at prototype resolution sampled straight onto img0 (h0, w0), then cropped by the
+    xyxy `boxes` given in img0 pixels. Returns bool [n, h0, w0]."""
+    if not len(coeffs):
+        return _empty(protos, img0_shape[:2])
+    masks = _sample_on_image(_mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
+    return crop_mask(masks, boxes.float()) > 0.5
+
+
 def scale_polygons(img1_shape, polygons, img0_shape, ratio_pad=None, normalize=False):
     """Polygons (list of float [k, 2] arrays, x y in img1 pixels) -> img0 pixels, clipped to it;
     `normalize` divides by img0's width and height (YOLO-seg label coordinates)."""
