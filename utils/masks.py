@@ -96,7 +96,7 @@ def process_mask_native(protos, coeffs, boxes, input_shape, img0_shape, ratio_pa
     xyxy `boxes` given in img0 pixels. Returns bool [n, h0, w0]."""
     if not len(coeffs):
         return _empty(protos, img0_shape[:2])
-    masks = _sample_on_image(_mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
+    masks = _sample_on_image(mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
     return crop_mask(masks, boxes.float()) > 0.5
 
 
