@@ -263,6 +263,7 @@ def parse_args(argv=None):
                       help='time the peers from the archives in DIR beside ours; one table, ratios ours/peer last')
     peer.add_argument('--peer-wheels', default=os.environ.get('PEER_WHEELS', str(ROOT / '.peer_wheels')),
                       help="wheels of the peers' packages (benchmarks/peer_wheels.sh), used when they are missing")
+    peer.add_argument('--peer-logs', default='', help="keep the peers' output and timings in this folder")
     peer.add_argument('--peer-teacher-weights', default=str(SHARED_YOLOV5N),
                       help="an official checkpoint for the fork's --t_weights (its --t_cfg is --teacher's YAML)")
     return ap.parse_args(argv)
@@ -327,7 +328,7 @@ def peers_table(a, device):
     replicated data, one after the other in this run; rows (what, ours, peer, ours GB, peer GB)."""
     with tempfile.TemporaryDirectory(prefix='bench_peers_') as tmp:
         work = Path(tmp)
-        env = peers.setup(work / 'peers', a.peers, a.peer_wheels)
+        env = peers.setup(work / 'peers', a.peers, a.peer_wheels, logs=a.peer_logs or None)
         data_yaml = replicated_dataset(a.data, a.batch * (a.warmup + a.iters), a.batch * 2, work / 'data')
         teacher = teacher_for(a.teacher, check_dataset(data_yaml)['nc'], work)
         s, t = Path(a.student).stem, Path(a.teacher).stem

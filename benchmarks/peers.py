@@ -71,11 +71,11 @@ def install_packages(pydeps, wheels, env):
         raise PeerSetupError(f'installing {missing} from {wheels} failed:\n{done.stderr[-1500:]}')
 
 
-def setup(work, peers_dir=DEFAULT_DIR, wheels=None):
+def setup(work, peers_dir=DEFAULT_DIR, wheels=None, logs=None):
     """Extract and prepare both peers under `work`; returns their trees and the environment to run them in."""
     if missing_files(peers_dir):
         raise PeerSetupError(f'peer files missing: {", ".join(missing_files(peers_dir))}')
-    peers_dir, work = Path(peers_dir), Path(work)
+    peers_dir, work = Path(peers_dir).resolve(), Path(work).resolve()  # the peers run from their own trees
     work.mkdir(parents=True, exist_ok=True)
     trees = {}
     for key, stem in ARCHIVES.items():
@@ -93,12 +93,12 @@ def setup(work, peers_dir=DEFAULT_DIR, wheels=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(peers_dir / 'shims'), str(pydeps))),
                YOLOv5_AUTOINSTALL='False', WANDB_MODE='disabled', YOLOV5_CONFIG_DIR=str(config))
     install_packages(pydeps, wheels, env)
-    return SimpleNamespace(v7=trees['v7'], fork=trees['fork'], env=env, logs=work / 'logs')
+    return SimpleNamespace(v7=trees['v7'], fork=trees['fork'], env=env, logs=Path(logs or work / 'logs'))
 
 
 def run_peer(peers, tree, cmd, log_name, extra_env=None):
     """Run `cmd` in a peer tree; its output goes to logs/<log_name>.log. Returns the finished process."""
-    peers.logs.mkdir(exist_ok=True)
+    peers.logs.mkdir(parents=True, exist_ok=True)
     log = peers.logs / f'{log_name}.log'
     with open(log, 'w') as f:
         done = subprocess.run(cmd, cwd=tree, env={**peers.env, **(extra_env or {})}, stdout=f,
@@ -117,7 +117,8 @@ def train_argv(a, data_yaml, project, name, cfg):
 
 def time_training(peers, tree, script, argv, a, name):
     """Images/s (batch --warmup to the last of --iters batches) and peak GPU GB (None on CPU) of a peer script."""
-    out = peers.logs.parent / f'{name}.json'
+    out = peers.logs / f'{name}.json'
+    peers.logs.mkdir(parents=True, exist_ok=True)
     clock = {'PEER_TIMER_START': str(a.warmup), 'PEER_TIMER_LAST': str(a.warmup + a.iters - 1),
              'PEER_TIMER_OUT': str(out)}
     out.unlink(missing_ok=True)
@@ -143,14 +144,14 @@ def time_fork_distillation(peers, a, data_yaml, project):
     --teacher's architecture: it builds the teacher from --t_cfg and loads the matching tensors of
     --t_weights, and an official checkpoint of another size has none that match."""
     argv = train_argv(a, data_yaml, project, 'fork_distill', model_yaml(a.student))
-    argv += ['--t_weights', str(a.peer_teacher_weights), '--t_cfg', model_yaml(a.teacher)]
+    argv += ['--t_weights', str(Path(a.peer_teacher_weights).resolve()), '--t_cfg', model_yaml(a.teacher)]
     return time_training(peers, peers.fork, 'train_distillation.py', argv, a, 'fork_distill')
 
 
 def v7_val_runner(peers):
     """A `run(a, data_yaml, weights, folder) -> seconds` for bench_speed.bench_val: v7.0's val.py, whole process."""
     def run(a, data_yaml, weights, folder):
-        cmd = [sys.executable, 'val.py', '--data', str(data_yaml), '--weights', str(weights), '--imgsz', str(a.imgsz),
+        cmd = [sys.executable, 'val.py', '--data', str(data_yaml), '--weights', str(Path(weights).resolve()), '--imgsz', str(a.imgsz),
                '--batch-size', str(a.batch * 2), '--device', a.device, '--workers', str(a.workers),
                '--project', str(folder), '--name', 'val', '--exist-ok']
         t0 = time.perf_counter()

@@ -1,0 +1,83 @@
+"""bench_speed.py --peers: YOLOv5 v7.0 and the Adlik fork timed beside this project (issue 30, item 1).
+
+The table test runs all six programs at 64 px for a few batches on CPU: it checks that every row is
+measured and comes with its ratio, not the speeds (CPU figures at this size say nothing about a GPU).
+It skips when ../shared/peers or the peers' packages (and wheels for them) are absent.
+"""
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_speed  # noqa: E402
+import peers  # noqa: E402
+from replicas import replicated_dataset  # noqa: E402
+
+COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
+WHEELS = os.environ.get("PEER_WHEELS", str(ROOT / ".peer_wheels"))
+
+
+def test_fork_patch_applies_to_its_line_only(tmp_path):
+    if peers.missing_files(peers.DEFAULT_DIR):
+        pytest.skip("../shared/peers is absent")
+    patch = peers.DEFAULT_DIR / "adlik_loss.patch"
+    head = patch.read_text().splitlines()[0]
+    n = int(head.split("c")[0])
+    old = patch.read_text().splitlines()[1][2:]
+    target = tmp_path / "loss.py"
+    target.write_text("".join(f"line {i}\n" for i in range(1, n)) + old + "\nlast\n")
+    peers.apply_normal_diff(patch, target)
+    lines = target.read_text().splitlines()
+    assert "int(gain[3]) - 1" in lines[n - 1] and "int(gain[3]) - 1" not in old
+    assert lines[:n - 1] == [f"line {i}" for i in range(1, n)] and lines[n:] == ["last"]
+    with pytest.raises(peers.PeerSetupError, match="does not apply"):
+        peers.apply_normal_diff(patch, target)  # already patched: the old line is gone
+
+
+def test_replicas_give_every_copy_its_own_name_and_labels(tiny_data, tmp_path):
+    """The peers key their label caches by path: repeated paths would shrink back to the unique images."""
+    yaml_path = replicated_dataset(tiny_data, 37, 5, tmp_path / "rep")
+    train = sorted((tmp_path / "rep" / "images" / "train").iterdir())
+    labels = sorted((tmp_path / "rep" / "labels" / "train").iterdir())
+    assert len(train) == 37 and len({p.name for p in train}) == 37
+    assert len(list((tmp_path / "rep" / "images" / "val").iterdir())) == 5
+    sources = {p.resolve() for p in train}
+    assert len(sources) == 16  # the tiny set's 16 train images, cycled
+    assert [p.stem for p in labels] == [p.stem for p in train if (p.parent.parent.parent / "labels" / "train" /
+                                                                  f"{p.stem}.txt").exists()]
+    first = train[0]
+    assert (tmp_path / "rep" / "labels" / "train" / f"{first.stem}.txt").read_text() == \
+        Path(str(first.resolve()).replace("/images/", "/labels/")).with_suffix(".txt").read_text()
+    assert "replicated.yaml" == yaml_path.name
+
+
+@pytest.mark.slow  # six programs start and train or validate: ~2 min on the busy 2-core box
+def test_peers_table_has_every_row_with_ratios(tmp_path, capsys):
+    if not COCO128.is_file():
+        pytest.skip("../shared/datasets/coco128 is absent")
+    try:
+        peers.setup(tmp_path / "probe", wheels=WHEELS)
+    except peers.PeerSetupError as e:
+        pytest.skip(str(e))
+    rows = bench_speed.main(["--peers", "--device", "cpu", "--imgsz", "64", "--batch", "2", "--warmup", "3",
+                             "--iters", "2", "--student", "yolov5n.yaml", "--teacher", "yolov5n.yaml",
+                             "--workers", "0", "--data", str(COCO128), "--val-images", "32",
+                             "--peer-wheels", WHEELS, "--peer-logs", str(tmp_path / "logs")])
+    assert [r[0].split(" vs ")[1] for r in rows] == ["v7.0 train.py", "Adlik train_distillation.py", "v7.0 val.py"]
+    for what, ours, peer, *_ in rows:
+        assert math.isfinite(ours) and ours > 0 and math.isfinite(peer) and peer > 0, (what, ours, peer)
+        assert peers.ratio(ours, peer) == pytest.approx(ours / peer)
+    out = capsys.readouterr().out
+    table = out.split("| measurement (ours vs peer) |", 1)[1].splitlines()
+    assert table[0].endswith("| speed ours/peer | memory ours/peer |")
+    assert len(table) == 2 + 3 and all(line.count("|") == 8 for line in table[1:])
+    for line, (_, ours, peer, *_) in zip(table[2:], rows):
+        assert line.split("|")[6].strip() == f"{ours / peer:.2f}"  # the ratio column is ours over the peer's
+    timings = sorted(p.name for p in (tmp_path / "logs").glob("*.json"))
+    assert timings == ["fork_distill.json", "v7_train.json"]  # the peers' clocks stopped at the last timed batch
