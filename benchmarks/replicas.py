@@ -5,6 +5,7 @@ YOLOv5 v7.0 and the Adlik fork key their label caches by image path, so a list t
 would shrink back to the unique images there, and the peers would not see the same data as ours.
 """
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -14,9 +15,10 @@ from utils.label_cache import img2label_paths, list_image_files
 
 
 def link_split(files, n, images_dir, labels_dir):
-    """n symlinks cycling over `files` (and their label files, where they have one)."""
-    images_dir.mkdir(parents=True, exist_ok=True)
-    labels_dir.mkdir(parents=True, exist_ok=True)
+    """n symlinks cycling over `files` (and their label files, where they have one), in place of any earlier ones."""
+    for d in (images_dir, labels_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
     labels = img2label_paths(files)
     for i in range(n):
         src, label = Path(files[i % len(files)]), Path(labels[i % len(files)])

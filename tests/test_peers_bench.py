@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_speed  # noqa: E402
 import peers  # noqa: E402
 from replicas import replicated_dataset  # noqa: E402
+from utils.label_cache import img2label_paths  # noqa: E402
 
 COCO128 = ROOT.parent / "shared" / "datasets" / "coco128" / "coco128.yaml"
 WHEELS = os.environ.get("PEER_WHEELS", str(ROOT / ".peer_wheels"))
@@ -47,14 +48,11 @@ def test_replicas_give_every_copy_its_own_name_and_labels(tiny_data, tmp_path):
     labels = sorted((tmp_path / "rep" / "labels" / "train").iterdir())
     assert len(train) == 37 and len({p.name for p in train}) == 37
     assert len(list((tmp_path / "rep" / "images" / "val").iterdir())) == 5
-    sources = {p.resolve() for p in train}
-    assert len(sources) == 16  # the tiny set's 16 train images, cycled
-    assert [p.stem for p in labels] == [p.stem for p in train if (p.parent.parent.parent / "labels" / "train" /
-                                                                  f"{p.stem}.txt").exists()]
-    first = train[0]
-    assert (tmp_path / "rep" / "labels" / "train" / f"{first.stem}.txt").read_text() == \
-        Path(str(first.resolve()).replace("/images/", "/labels/")).with_suffix(".txt").read_text()
-    assert "replicated.yaml" == yaml_path.name
+    assert len({p.resolve() for p in train}) == 16  # the tiny set's 16 train images, cycled
+    source_labels = [Path(f) for f in img2label_paths([str(p.resolve()) for p in train])]
+    assert [p.stem for p in labels] == [p.stem for p, lb in zip(train, source_labels) if lb.is_file()]
+    assert all(lb.resolve() == src for lb, src in zip(labels, (s for s in source_labels if s.is_file())))
+    assert yaml_path.name == "replicated.yaml"
 
 
 @pytest.mark.slow  # six programs start and train or validate: ~2 min on the busy 2-core box
