@@ -72,7 +72,9 @@ stage() {  # stage NAME CAP_S MIN_S COMMAND...: run under timeout min(CAP, budge
   local rc=$?
   { echo "===== $name: $*"; cat "$WORK/stage.out"; } >> "$LOG"
   grep -E '^\||imgsz [0-9]+, batch [0-9]+|^matmul|^DDP' "$WORK/stage.out" >> "$MD"
-  printf '\nrc %s (124: stopped by the time limit), %s s\n' "$rc" "$(( $(date +%s) - s ))" >> "$MD"
+  local why=''
+  (( rc == 124 || rc == 137 )) && why=' (stopped by its time limit)'
+  printf '\nrc %s%s, %s s\n' "$rc" "$why" "$(( $(date +%s) - s ))" >> "$MD"
 }
 
 ddp_smoke() {  # 2 ranks share the GPU; passes when rank 0 finished its epoch and wrote results.csv
@@ -83,7 +85,7 @@ ddp_smoke() {  # 2 ranks share the GPU; passes when rank 0 finished its epoch an
     && sed 's/^/DDP /' "$WORK/ddp/smoke/results.csv"
 }
 
-stage peers 270 120 $BENCH --peers shared/peers $GPU --warmup 5 --iters 15 --data "$COCO" --val-images 640 \
+stage peers 270 120 $BENCH --peers shared/peers $GPU --warmup 5 --iters 15 --data "$COCO" --val-images "${VAL_IMAGES:-640}" \
   --val-weights "$YOLOV5N" --peer-teacher-weights "$YOLOV5N" --peer-wheels .peer_wheels --peer-logs "$WORK/peer_logs"
 stage step_s_m 60 30 $BENCH $GPU --warmup 5 --iters 20 --sections floor step
 stage pair_n_s 100 60 $BENCH $GPU --warmup 5 --iters 20 --student yolov5n.yaml --teacher yolov5s.yaml \
