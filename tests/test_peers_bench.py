@@ -79,3 +79,45 @@ def test_peers_table_has_every_row_with_ratios(tmp_path, capsys):
         assert line.split("|")[6].strip() == f"{ours / peer:.2f}"  # the ratio column is ours over the peer's
     timings = sorted(p.name for p in (tmp_path / "logs").glob("*.json"))
     assert timings == ["fork_distill.json", "v7_train.json"]  # the peers' clocks stopped at the last timed batch
+
+
+def test_peer_timer_clocks_batches_from_warmup_and_stops_the_script(tmp_path):
+    """peer_timer.py counts one batch per Tensor.backward, writes the window's figures, and ends the run there."""
+    import json
+    import subprocess
+    script = tmp_path / "fake_train.py"
+    script.write_text("import time, torch\n"
+                      "w = torch.ones(2, requires_grad=True)\n"
+                      "for i in range(10):\n"
+                      "    time.sleep(0.05 if i >= 2 else 0.3)  # slow first batches stay out of the window\n"
+                      "    (w * 2).sum().backward()\n"
+                      "    print('batch', i, flush=True)\n")
+    out = tmp_path / "t.json"
+    env = dict(os.environ, PEER_TIMER_START="2", PEER_TIMER_LAST="5", PEER_TIMER_OUT=str(out))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_timer.py"), str(script)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [w for i in range(5) for w in ("batch", str(i))]  # it stopped inside batch 5
+    got = json.loads(out.read_text())
+    assert got["batches"] == 4 and got["peak_gb"] is None  # batches 2..5; no GPU memory on CPU
+    assert 4 * 0.05 <= got["seconds"] < 4 * 0.3  # four fast batches, none of the slow ones
+    env["PEER_TIMER_LAST"] = "20"  # a script that ends before the last timed batch is an error, not a figure
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_timer.py"), str(script)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "ended after 10 batches" in done.stderr
+
+
+@pytest.mark.slow  # two ranks train one tiny epoch: ~40 s on the busy 2-core box
+def test_ddp_launcher_runs_two_ranks_with_a_feature_term(tiny_data, tmp_path):
+    """benchmarks/ddp_one_gpu.py under torchrun (on CPU here, gloo either way): both ranks train to the end."""
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "benchmarks" / "ddp_one_gpu.py"), "train_distillation.py", "--data", str(tiny_data),
+           "--cfg", "yolov5n.yaml", "--weights", "", "--t_weights", "yolov5s.yaml", "--d_feature", "cwd",
+           "--epochs", "1", "--imgsz", "64", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+           "--project", str(tmp_path), "--name", "ddp", "--noplots", "--noval"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    header, row = (tmp_path / "ddp" / "results.csv").read_text().splitlines()[:2]
+    assert "train/feat" in header.split(",") and float(row.split(",")[header.split(",").index("train/feat")]) > 0
