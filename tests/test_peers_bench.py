@@ -111,9 +111,10 @@ def test_peer_timer_clocks_batches_from_warmup_and_stops_the_script(tmp_path):
 def test_ddp_launcher_runs_two_ranks_with_a_feature_term(tiny_data, tmp_path):
     """benchmarks/ddp_one_gpu.py under torchrun (on CPU here, gloo either way): both ranks train to the end."""
     import subprocess
+    teacher = bench_speed.teacher_for("yolov5s.yaml", 8, tmp_path)  # random weights, the tiny set's 8 classes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "benchmarks" / "ddp_one_gpu.py"), "train_distillation.py", "--data", str(tiny_data),
-           "--cfg", "yolov5n.yaml", "--weights", "", "--t_weights", "yolov5s.yaml", "--d_feature", "cwd",
+           "--cfg", "yolov5n.yaml", "--weights", "", "--t_weights", str(teacher), "--d_feature", "cwd",
            "--epochs", "1", "--imgsz", "64", "--batch-size", "8", "--workers", "0", "--device", "cpu",
            "--project", str(tmp_path), "--name", "ddp", "--noplots", "--noval"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
