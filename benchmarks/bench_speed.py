@@ -176,7 +176,8 @@ def bench_end_to_end(a, device, data_yaml, project, teacher=None):
     argv = ['--data', str(data_yaml), '--cfg', a.student, '--weights', '', '--epochs', '1', '--imgsz', str(a.imgsz),
             '--batch-size', str(a.batch), '--workers', str(a.workers), '--device', a.device, '--cache', 'ram',
             '--project', str(project), '--name', 'distill' if distill else 'train', '--exist-ok', '--noplots',
-            '--noautoanchor', '--noval', *(['--amp'] if a.amp else ['--no-amp']), *(['--compile', a.compile] if a.compile else [])]
+            '--noautoanchor', '--noval', *(['--amp'] if a.amp else ['--no-amp']),
+            *(['--compile', a.compile] if a.compile else [])]
     if distill:
         argv += ['--t_weights', str(teacher)]
     opt = train.prepare_run(train.parse_opt(argv, parser=parser))

@@ -4,9 +4,10 @@
 
 train.py puts rank r on cuda:LOCAL_RANK and picks NCCL for any CUDA device; NCCL refuses two ranks on
 one GPU. With a single GPU lent, this launcher makes every rank see itself as local rank 0 (so all use
-cuda:0), keeps "rank 0 first" ordered by the global rank, and turns the process group into gloo, which reduces CUDA tensors through host copies: the
-DDP wrapping of the model and of the objective's trainable parts runs with real CUDA tensors, at
-gloo's speed, so it is a check of correctness, not a speed figure. Ranks and world size stay torchrun's.
+cuda:0), keeps "rank 0 first" ordered by the global rank, and turns the process group into gloo, which
+reduces CUDA tensors through host copies: the DDP wrapping of the model and of the objective's
+trainable parts runs with real CUDA tensors, at gloo's speed, so it is a check of correctness, not a
+speed figure. Ranks and world size stay torchrun's.
 On a machine with as many GPUs as ranks, run the script itself under torchrun instead (NCCL).
 """
 import os

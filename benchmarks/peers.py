@@ -151,9 +151,9 @@ def time_fork_distillation(peers, a, data_yaml, project):
 def v7_val_runner(peers):
     """A `run(a, data_yaml, weights, folder) -> seconds` for bench_speed.bench_val: v7.0's val.py, whole process."""
     def run(a, data_yaml, weights, folder):
-        cmd = [sys.executable, 'val.py', '--data', str(data_yaml), '--weights', str(Path(weights).resolve()), '--imgsz', str(a.imgsz),
-               '--batch-size', str(a.batch * 2), '--device', a.device, '--workers', str(a.workers),
-               '--project', str(folder), '--name', 'val', '--exist-ok']
+        cmd = [sys.executable, 'val.py', '--data', str(data_yaml), '--weights', str(Path(weights).resolve()),
+               '--imgsz', str(a.imgsz), '--batch-size', str(a.batch * 2), '--device', a.device,
+               '--workers', str(a.workers), '--project', str(folder), '--name', 'val', '--exist-ok']
         t0 = time.perf_counter()
         run_peer(peers, peers.v7, cmd, f'v7_val_{Path(folder).name}')
         return time.perf_counter() - t0
