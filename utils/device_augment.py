@@ -1,0 +1,173 @@
+"""Training augmentation on the training device: the heavy half of what utils/datasets.py does per image.
+
+With a small student the CPU loader bounds training: per image it pastes a 2s x 2s mosaic, warps it,
+converts to HSV and back, flips. Here the workers only decode, letterbox and draw the random numbers
+(utils/sample_plan.py); `DeviceAugment` applies a whole batch's plans at once:
+
+    augment = DeviceAugment(device, hyp, imgsz)
+    imgs, targets = augment(batch)  # batch from create_dataloader(..., device_augment=True)
+
+imgs: uint8 [B, 3, H, W] RGB on `device`; targets: [n, 6] (image, class, xc, yc, w, h normalised), as the
+CPU path's batches. Each step reproduces its OpenCV counterpart in utils/augment.py given the same plan
+(tests/test_device_augment.py compares them), so training sees the same distribution.
+
+Why plain torch (`torch.nn.functional.grid_sample`, tensor maths) rather than kornia or DALI: no new
+dependency to install and pin; the very same code runs on CPU, which is what lets the tests compare it
+pixel by pixel with the OpenCV path on a machine without a GPU; and the work is a handful of big
+batched kernels (one grid_sample, some element-wise HSV maths), which is what those libraries would run
+too. The only per-image Python work left is pasting the mosaic tiles (4 slice copies per image).
+"""
+import torch
+import torch.nn.functional as F
+
+from utils.augment import PAD_VALUE, box_candidates
+from utils.boxes import xyxy2xywhn
+
+HUE_RANGE = 180  # OpenCV's uint8 hue: 0..179, 30 per 60 degrees
+# per HSV sector, where (b, g, r) come from in (v, p, q, t); OpenCV's HSV2RGB table
+SECTOR_BGR = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))
+
+
+class DeviceAugment:
+    """Applies the sample plans of a device-augment batch on `device` (see the module docstring).
+
+    `hyp` and `imgsz` are the loader's: every random draw already sits in the plans, so they only
+    document which augmentation this object stands for."""
+
+    def __init__(self, device, hyp=None, imgsz=None):
+        self.device = torch.device(device)
+        self.hyp, self.imgsz = dict(hyp or {}), imgsz
+
+    def __call__(self, batch):
+        plan = batch[0].to(self.device, non_blocking=True)
+        targets = batch[1].to(self.device, non_blocking=True)
+        imgs = warp(paste_tiles(plan), plan.M, plan.out_hw)
+        imgs = augment_hsv(imgs, plan.hsv)
+        imgs = flip(imgs, plan.flips)
+        return imgs, transform_targets(targets, plan)
+
+
+# ---------------------------------------------------------------- pixels
+def paste_tiles(plan):
+    """The canvases: uint8 [B, 3, Hc, Wc] RGB, PAD_VALUE where no tile lands (cv2's mosaic fill)."""
+    tiles = plan.tiles.flip(-1).permute(0, 3, 1, 2)  # HWC BGR -> CHW RGB, a view
+    canvas = torch.full((len(plan), 3, *plan.canvas_hw), PAD_VALUE, dtype=torch.uint8, device=tiles.device)
+    for k, (i, (x1a, y1a, x2a, y2a, x1b, y1b, x2b, y2b)) in enumerate(zip(plan.owner, plan.slots)):
+        canvas[i, :, y1a:y2a, x1a:x2a] = tiles[k, :, y1b:y2b, x1b:x2b]
+    return canvas
+
+
+def warp(canvas, M, out_hw):
+    """cv2.warpAffine / warpPerspective (bilinear, constant PAD_VALUE border) of each canvas by its 3x3 `M`
+    (canvas pixels -> output pixels) -> uint8 [B, 3, *out_hw]."""
+    b, _, hc, wc = canvas.shape
+    ho, wo = out_hw
+    ys, xs = torch.meshgrid(torch.arange(ho, device=canvas.device), torch.arange(wo, device=canvas.device),
+                            indexing='ij')
+    dst = torch.stack((xs, ys, torch.ones_like(xs)), -1).reshape(1, -1, 3).to(torch.float64)
+    src = dst @ torch.linalg.inv(M.to(torch.float64)).transpose(1, 2)  # where each output pixel comes from
+    xy = src[..., :2] / src[..., 2:]
+    # align_corners=True puts -1 and 1 on the centres of the first and last pixels, as OpenCV's integer grid
+    grid = (xy * xy.new_tensor([2 / max(wc - 1, 1), 2 / max(hc - 1, 1)]) - 1).to(torch.float32)
+    # zeros padding around (canvas - PAD) is a constant PAD_VALUE border, blended exactly as OpenCV blends it
+    out = F.grid_sample(canvas.float() - PAD_VALUE, grid.view(b, ho, wo, 2), mode='bilinear',
+                        padding_mode='zeros', align_corners=True) + PAD_VALUE
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def augment_hsv(imgs, gains):
+    """utils/augment.augment_hsv for a batch of uint8 RGB images with per-image gains [B, 3], through
+    OpenCV's uint8 HSV (hue 0..179) and its lookup-table truncation, so results match to rounding."""
+    if bool((gains == 1).all()):
+        return imgs
+    x = imgs.float()
+    r, g, b = x.unbind(1)
+    v, vmin = x.amax(1), x.amin(1)
+    diff = v - vmin
+    sat = torch.where(v > 0, torch.floor(diff * 255 / v.clamp(min=1) + 0.5), torch.zeros_like(v))
+    raw = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    hue = torch.where(diff > 0, torch.floor(raw * (HUE_RANGE / 6) / diff.clamp(min=1) + 0.5), torch.zeros_like(v))
+    hue = torch.where(hue < 0, hue + HUE_RANGE, hue)
+    k = gains.to(x.dtype).view(-1, 3, 1, 1)
+    hue = torch.remainder(hue * k[:, 0], HUE_RANGE).floor()
+    sat = (sat * k[:, 1]).clamp(0, 255).floor() / 255
+    val = (v * k[:, 2]).clamp(0, 255).floor() / 255
+    return hsv_to_rgb(hue, sat, val)
+
+
+def hsv_to_rgb(hue, sat, val):
+    """OpenCV's HSV2RGB for uint8 (hue 0..179, sat/val given 0..1) -> uint8 [B, 3, H, W] RGB."""
+    h = hue * (6 / HUE_RANGE)
+    sector = h.floor()
+    f = h - sector
+    table = torch.stack((val, val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))), 1)  # v p q t
+    pick = torch.tensor(SECTOR_BGR, device=hue.device)[sector.long().clamp(0, 5)]  # [B, H, W, 3] (b, g, r)
+    bgr = table.gather(1, pick.permute(0, 3, 1, 2))
+    return (bgr.flip(1) * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def flip(imgs, flips):
+    """Per image up-down (flips[:, 0]) and left-right (flips[:, 1]) flips."""
+    ud, lr = flips[:, 0].view(-1, 1, 1, 1), flips[:, 1].view(-1, 1, 1, 1)
+    imgs = torch.where(ud, imgs.flip(2), imgs)
+    return torch.where(lr, imgs.flip(3), imgs)
+
+
+# ---------------------------------------------------------------- boxes
+def warp_points(points, M):
+    """Points [n, k, 2] through each row's 3x3 `M` [n, 3, 3] (with the perspective divide)."""
+    xy = torch.cat((points, torch.ones_like(points[..., :1])), -1) @ M.transpose(1, 2)
+    return xy[..., :2] / xy[..., 2:]
+
+
+def clipped_quad_box(quad, width, height):
+    """xyxy box of each convex quadrilateral [n, 4, 2] clipped to the width x height image (zeros if none
+    of it is inside): the box of its vertices inside the image, its edges' crossings of the image border
+    and the image corners inside it, which are the vertices of the clipped polygon (utils/augment.py
+    clips with Sutherland-Hodgman; this is the same polygon without a loop)."""
+    size = quad.new_tensor([width, height])
+    points = [quad]
+    valid = [((quad >= 0) & (quad <= size)).all(-1)]
+    p, d = quad, quad.roll(-1, 1) - quad  # edge i runs from vertex i to vertex i + 1
+    for axis in (0, 1):
+        other = 1 - axis
+        for limit in (0.0, float(size[axis])):
+            t = (limit - p[..., axis]) / d[..., axis]  # inf / nan for edges parallel to the line: never valid
+            at = p[..., other] + t * d[..., other]
+            valid.append((t >= 0) & (t <= 1) & (at >= 0) & (at <= size[other]))
+            points.append(torch.stack((torch.full_like(at, limit), at) if axis == 0 else (at, torch.full_like(at, limit)), -1))
+    corners = quad.new_tensor([[0, 0], [width, 0], [width, height], [0, height]])
+    rel = corners.view(1, 1, 4, 2) - p.unsqueeze(2)  # [n, edge, corner, 2]
+    cross = d[..., None, 0] * rel[..., 1] - d[..., None, 1] * rel[..., 0]
+    area = (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0]).sum(1)  # twice the signed area (shoelace)
+    inside = ((cross >= 0).all(1) | (cross <= 0).all(1)) & (area.abs() > 1e-9).unsqueeze(1)  # a flat quad holds no corner
+    points.append(corners.expand(len(quad), 4, 2))
+    valid.append(inside)
+    points, valid = torch.cat(points, 1), torch.cat(valid, 1).unsqueeze(-1)
+    lo = torch.where(valid, points, torch.full_like(points, float('inf'))).amin(1)
+    hi = torch.where(valid, points, torch.full_like(points, -float('inf'))).amax(1)
+    box = torch.cat((lo, hi), 1)
+    return torch.where(valid.any(1), box, torch.zeros_like(box))
+
+
+def transform_targets(targets, plan):
+    """Canvas-pixel targets (image, class, xyxy) -> warped, filtered, normalised xywh, flipped targets, as
+    utils/augment.transform_boxes + box_candidates + the dataset's normalisation + apply_flips."""
+    if not len(targets):
+        return targets.new_zeros((0, 6))
+    ho, wo = plan.out_hw
+    i = targets[:, 0].long()
+    boxes, M = targets[:, 2:6].to(torch.float64), plan.M[i].to(torch.float64)
+    quad = warp_points(boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].view(-1, 4, 2), M)
+    aligned = (M[:, 0, 1] == 0) & (M[:, 1, 0] == 0) & (M[:, 2, 0] == 0) & (M[:, 2, 1] == 0)
+    # an axis-aligned warp keeps a rectangle: clip its box (also what the CPU path does with boxes outside)
+    new = torch.where(aligned.unsqueeze(1), torch.cat((quad.amin(1), quad.amax(1)), 1),
+                      clipped_quad_box(quad, wo, ho))
+    new[:, [0, 2]] = new[:, [0, 2]].clamp(0, wo)
+    new[:, [1, 3]] = new[:, [1, 3]].clamp(0, ho)
+    keep = box_candidates((boxes * plan.scale[i].unsqueeze(1)).T, new.T, area_thr=0.10)
+    i, xywh = i[keep], xyxy2xywhn(new[keep].float(), w=wo, h=ho, clip=True, eps=1e-3)
+    ud, lr = plan.flips[i, 0], plan.flips[i, 1]
+    xywh[:, 1] = torch.where(ud, 1 - xywh[:, 1], xywh[:, 1])
+    xywh[:, 0] = torch.where(lr, 1 - xywh[:, 0], xywh[:, 0])
+    return torch.cat((i.unsqueeze(1).to(xywh.dtype), targets[keep, 1:2], xywh), 1)
