@@ -80,19 +80,30 @@ def augment_hsv(imgs, gains):
     OpenCV's uint8 HSV (hue 0..179) and its lookup-table truncation, so results match to rounding."""
     if bool((gains == 1).all()):
         return imgs
-    x = imgs.float()
+    hsv = torch.stack(rgb_to_hsv(imgs), 1).flatten(2).long()  # [B, 3, H * W]
+    # augment_hsv's lookup tables, in float64 as numpy makes them: x * gain truncates at the same integers
+    x = torch.arange(256, device=imgs.device, dtype=torch.float64)
+    lut = x * gains.to(imgs.device, torch.float64).unsqueeze(-1)  # [B, 3, 256]
+    lut = torch.cat((torch.remainder(lut[:, :1], HUE_RANGE), lut[:, 1:].clamp(0, 255)), 1).floor().float()
+    hue, sat, val = lut.gather(2, hsv).view(*imgs.shape).unbind(1)
+    return hsv_to_rgb(hue, sat / 255, val / 255)
+
+
+def rgb_to_hsv(imgs):
+    """OpenCV's uint8 BGR2HSV, in its 12-bit fixed point (so hue and saturation round as OpenCV's do)
+    -> (hue 0..179, saturation, value) int [B, H, W]."""
+    x = imgs.to(torch.int32)
     r, g, b = x.unbind(1)
-    v, vmin = x.amax(1), x.amin(1)
-    diff = v - vmin
-    sat = torch.where(v > 0, torch.floor(diff * 255 / v.clamp(min=1) + 0.5), torch.zeros_like(v))
+    v, diff = x.amax(1), x.amax(1) - x.amin(1)
+    shift, half = 12, 1 << 11
+    n = torch.arange(256, device=x.device, dtype=torch.float64).clamp(min=1)
+    sdiv = torch.round((255 << shift) / n).to(torch.int32)  # OpenCV's division tables, index 0 unused
+    hdiv = torch.round((HUE_RANGE << shift) / (6 * n)).to(torch.int32)
+    sat = torch.where(v > 0, (diff * sdiv[v] + half) >> shift, 0)
     raw = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    hue = torch.where(diff > 0, torch.floor(raw * (HUE_RANGE / 6) / diff.clamp(min=1) + 0.5), torch.zeros_like(v))
+    hue = torch.where(diff > 0, (raw * hdiv[diff] + half) >> shift, 0)
     hue = torch.where(hue < 0, hue + HUE_RANGE, hue)
-    k = gains.to(x.dtype).view(-1, 3, 1, 1)
-    hue = torch.remainder(hue * k[:, 0], HUE_RANGE).floor()
-    sat = (sat * k[:, 1]).clamp(0, 255).floor() / 255
-    val = (v * k[:, 2]).clamp(0, 255).floor() / 255
-    return hsv_to_rgb(hue, sat, val)
+    return hue, sat, v
 
 
 def hsv_to_rgb(hue, sat, val):
@@ -103,7 +114,8 @@ def hsv_to_rgb(hue, sat, val):
     table = torch.stack((val, val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))), 1)  # v p q t
     pick = torch.tensor(SECTOR_BGR, device=hue.device)[sector.long().clamp(0, 5)]  # [B, H, W, 3] (b, g, r)
     bgr = table.gather(1, pick.permute(0, 3, 1, 2))
-    return (bgr.flip(1) * 255).round_().clamp_(0, 255).to(torch.uint8)
+    # OpenCV 5 converts back in fixed point; flooring the float result matches it on ~95% of pixels (others +-1)
+    return (bgr.flip(1) * 255 + 1e-4).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def flip(imgs, flips):
@@ -150,6 +162,19 @@ def clipped_quad_box(quad, width, height):
     return torch.where(valid.any(1), box, torch.zeros_like(box))
 
 
+def transform_boxes(boxes, M, width, height):
+    """utils/augment.transform_boxes with one matrix per box: xyxy [n, 4] through M [n, 3, 3] -> the boxes
+    enclosing the warped boxes clipped to the width x height image."""
+    quad = warp_points(boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].view(-1, 4, 2), M)
+    aligned = (M[:, 0, 1] == 0) & (M[:, 1, 0] == 0) & (M[:, 2, 0] == 0) & (M[:, 2, 1] == 0)
+    # an axis-aligned warp keeps a rectangle: clip its box (as the CPU path does, even when wholly outside)
+    new = torch.where(aligned.unsqueeze(1), torch.cat((quad.amin(1), quad.amax(1)), 1),
+                      clipped_quad_box(quad, width, height))
+    new[:, [0, 2]] = new[:, [0, 2]].clamp(0, width)
+    new[:, [1, 3]] = new[:, [1, 3]].clamp(0, height)
+    return new
+
+
 def transform_targets(targets, plan):
     """Canvas-pixel targets (image, class, xyxy) -> warped, filtered, normalised xywh, flipped targets, as
     utils/augment.transform_boxes + box_candidates + the dataset's normalisation + apply_flips."""
@@ -158,13 +183,7 @@ def transform_targets(targets, plan):
     ho, wo = plan.out_hw
     i = targets[:, 0].long()
     boxes, M = targets[:, 2:6].to(torch.float64), plan.M[i].to(torch.float64)
-    quad = warp_points(boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].view(-1, 4, 2), M)
-    aligned = (M[:, 0, 1] == 0) & (M[:, 1, 0] == 0) & (M[:, 2, 0] == 0) & (M[:, 2, 1] == 0)
-    # an axis-aligned warp keeps a rectangle: clip its box (also what the CPU path does with boxes outside)
-    new = torch.where(aligned.unsqueeze(1), torch.cat((quad.amin(1), quad.amax(1)), 1),
-                      clipped_quad_box(quad, wo, ho))
-    new[:, [0, 2]] = new[:, [0, 2]].clamp(0, wo)
-    new[:, [1, 3]] = new[:, [1, 3]].clamp(0, ho)
+    new = transform_boxes(boxes, M, wo, ho)
     keep = box_candidates((boxes * plan.scale[i].unsqueeze(1)).T, new.T, area_thr=0.10)
     i, xywh = i[keep], xyxy2xywhn(new[keep].float(), w=wo, h=ho, clip=True, eps=1e-3)
     ud, lr = plan.flips[i, 0], plan.flips[i, 1]
