@@ -1,5 +1,6 @@
 """Device augmentation (utils/sample_plan.py + utils/device_augment.py) against the CPU path it replaces."""
 import csv
+import sys
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import train
-from conftest import tiny_train_args
+from conftest import ROOT, tiny_train_args
 from test_augment import _write_colour_dataset
 from utils.augment import augment_hsv as cpu_hsv
 from utils.augment import draw_hsv_gains, transform_boxes
@@ -18,6 +19,8 @@ from utils.device_augment import transform_boxes as device_boxes
 from utils.sample_plan import collate_plans
 
 IMGSZ = 64
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import bench_augment  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +60,7 @@ def test_same_plan_gives_the_cpu_path_batch(images, hyp, mosaic):
     assert imgs_dev.dtype == torch.uint8 and imgs_dev.shape == imgs_cpu.shape
     diff = (imgs_cpu.int() - imgs_dev.int()).abs()
     # OpenCV interpolates in 1/32-pixel fixed point and its HSV uses lookup tables: rounding, not content
-    assert diff.max() <= 3 and diff.float().mean() < 0.1, (diff.max(), diff.float().mean())
+    assert diff.max() <= 2 and diff.float().mean() < 0.05, (diff.max(), diff.float().mean())
     assert t_dev.shape == t_cpu.shape and len(t_cpu) > 20
     torch.testing.assert_close(t_dev, t_cpu, atol=1e-4, rtol=0)
 
@@ -122,6 +125,13 @@ def test_loader_batches_keep_their_layout(images):
 def test_unsupported_augmentation_is_a_user_error(images, kw, match):
     with pytest.raises(UserError, match=match):
         create_dataloader(str(images), IMGSZ, 4, 32, augment=True, workers=0, device_augment=True, **kw)
+
+
+def test_bench_augment_runs(tiny_data):
+    rows = bench_augment.main(['--data', str(tiny_data), '--imgsz', '64', '--batch', '4', '--workers', '0',
+                               '--epochs', '1', '--samples', '2'])
+    assert [r[0].split(' (')[0] for r in rows] == ['CPU path', 'device path']
+    assert all(ms > 0 and rate > 0 for _, ms, rate, _ in rows) and rows[1][3] > 0
 
 
 def test_train_with_device_augment_runs_and_logs(tiny_data, tmp_path):

@@ -39,10 +39,12 @@ class DeviceAugment:
         self.hyp, self.imgsz = dict(hyp or {}), imgsz
 
     def __call__(self, batch):
+        colour = bool((batch[0].hsv != 1).any())  # asked on the host: no device sync
         plan = batch[0].to(self.device, non_blocking=True)
         targets = batch[1].to(self.device, non_blocking=True)
         imgs = warp(paste_tiles(plan), plan.M, plan.out_hw)
-        imgs = augment_hsv(imgs, plan.hsv)
+        if colour:  # hyp hsv_* all 0: the CPU path skips the HSV round trip too
+            imgs = augment_hsv(imgs, plan.hsv)
         imgs = flip(imgs, plan.flips)
         return imgs, transform_targets(targets, plan)
 
@@ -64,11 +66,13 @@ def warp(canvas, M, out_hw):
     ho, wo = out_hw
     ys, xs = torch.meshgrid(torch.arange(ho, device=canvas.device), torch.arange(wo, device=canvas.device),
                             indexing='ij')
-    dst = torch.stack((xs, ys, torch.ones_like(xs)), -1).reshape(1, -1, 3).to(torch.float64)
-    src = dst @ torch.linalg.inv(M.to(torch.float64)).transpose(1, 2)  # where each output pixel comes from
-    xy = src[..., :2] / src[..., 2:]
+    # float32 is ample: 1e-4 px at 1280 px, where OpenCV itself interpolates at 1/32 px
+    dst = torch.stack((xs, ys, torch.ones_like(xs)), -1).reshape(1, -1, 3).to(torch.float32)
+    inverse = torch.linalg.inv(M.to(torch.float64)).to(torch.float32)  # output pixel -> where it comes from
+    xy = dst @ inverse.transpose(1, 2)
+    xy = xy[..., :2] / xy[..., 2:]
     # align_corners=True puts -1 and 1 on the centres of the first and last pixels, as OpenCV's integer grid
-    grid = (xy * xy.new_tensor([2 / max(wc - 1, 1), 2 / max(hc - 1, 1)]) - 1).to(torch.float32)
+    grid = xy * xy.new_tensor([2 / max(wc - 1, 1), 2 / max(hc - 1, 1)]) - 1
     # zeros padding around (canvas - PAD) is a constant PAD_VALUE border, blended exactly as OpenCV blends it
     out = F.grid_sample(canvas.float() - PAD_VALUE, grid.view(b, ho, wo, 2), mode='bilinear',
                         padding_mode='zeros', align_corners=True) + PAD_VALUE
@@ -78,8 +82,6 @@ def warp(canvas, M, out_hw):
 def augment_hsv(imgs, gains):
     """utils/augment.augment_hsv for a batch of uint8 RGB images with per-image gains [B, 3], through
     OpenCV's uint8 HSV (hue 0..179) and its lookup-table truncation, so results match to rounding."""
-    if bool((gains == 1).all()):
-        return imgs
     hsv = torch.stack(rgb_to_hsv(imgs), 1).flatten(2).long()  # [B, 3, H * W]
     # augment_hsv's lookup tables, in float64 as numpy makes them: x * gain truncates at the same integers
     x = torch.arange(256, device=imgs.device, dtype=torch.float64)
