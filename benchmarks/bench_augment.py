@@ -11,7 +11,6 @@ loader run is not timed (worker start-up).
 
   python benchmarks/bench_augment.py --imgsz 640 --batch 16 --workers 2 --device cpu
 """
-import argparse
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from bench_dataloader import default_data  # noqa: E402
+from bench_dataloader import loader_parser  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.datasets import create_dataloader  # noqa: E402
 from utils.device_augment import DeviceAugment  # noqa: E402
@@ -71,15 +70,9 @@ def augment_rate(loader, augment, device, batches=4, repeats=3):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--data', default=default_data(), help='dataset YAML (default: shared coco128, else synthetic)')
-    ap.add_argument('--hyp', default=str(ROOT / 'data' / 'hyps' / 'hyp.scratch-low.yaml'))
-    ap.add_argument('--imgsz', type=int, default=640)
-    ap.add_argument('--batch', type=int, default=16)
+    ap = loader_parser(__doc__.splitlines()[0])
     ap.add_argument('--workers', type=int, default=os.cpu_count() or 1)
-    ap.add_argument('--epochs', type=int, default=2, help='passes over the training set per loader measurement')
     ap.add_argument('--samples', type=int, default=64, help='images timed for the worker-time rows')
-    ap.add_argument('--cache', choices=('ram', 'disk'), help='decode images once (--cache of train.py)')
     ap.add_argument('--device', default='cpu', help='where DeviceAugment runs (cpu, cuda, cuda:0)')
     a = ap.parse_args(argv)
     data, device = check_dataset(a.data), torch.device(a.device)

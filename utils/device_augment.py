@@ -24,8 +24,6 @@ from utils.augment import PAD_VALUE, box_candidates
 from utils.boxes import xyxy2xywhn
 
 HUE_RANGE = 180  # OpenCV's uint8 hue: 0..179, 30 per 60 degrees
-# per HSV sector, where (b, g, r) come from in (v, p, q, t); OpenCV's HSV2RGB table
-SECTOR_BGR = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))
 
 
 class DeviceAugment:
@@ -109,15 +107,16 @@ def rgb_to_hsv(imgs):
 
 
 def hsv_to_rgb(hue, sat, val):
-    """OpenCV's HSV2RGB for uint8 (hue 0..179, sat/val given 0..1) -> uint8 [B, 3, H, W] RGB."""
-    h = hue * (6 / HUE_RANGE)
-    sector = h.floor()
-    f = h - sector
-    table = torch.stack((val, val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))), 1)  # v p q t
-    pick = torch.tensor(SECTOR_BGR, device=hue.device)[sector.long().clamp(0, 5)]  # [B, H, W, 3] (b, g, r)
-    bgr = table.gather(1, pick.permute(0, 3, 1, 2))
+    """OpenCV's HSV2RGB for uint8 (hue 0..179, sat/val given 0..1) -> uint8 [B, 3, H, W] RGB.
+
+    Channel n (5: red, 3: green, 1: blue) is v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + h) mod 6, h the
+    hue in 60-degree sectors: OpenCV's (v, p, q, t) sector table in element-wise form, no gathers."""
+    h = (hue * (6 / HUE_RANGE)).unsqueeze(1)
+    k = torch.remainder(h + h.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1), 6)
+    vs = (val * sat).unsqueeze(1)
+    rgb = val.unsqueeze(1) - vs * torch.minimum(k, 4 - k).clamp_(0, 1)
     # OpenCV 5 converts back in fixed point; flooring the float result matches it on ~95% of pixels (others +-1)
-    return (bgr.flip(1) * 255 + 1e-4).floor_().clamp_(0, 255).to(torch.uint8)
+    return (rgb * 255 + 1e-4).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def flip(imgs, flips):
