@@ -65,6 +65,23 @@ def test_same_plan_gives_the_cpu_path_batch(images, hyp, mosaic):
     torch.testing.assert_close(t_dev, t_cpu, atol=1e-4, rtol=0)
 
 
+def test_rect_batches_match(tmp_path):
+    """--rect: letterboxed to each batch's shape (not square), no mosaic."""
+    rng = np.random.default_rng(2)
+    (tmp_path / 'images').mkdir()
+    (tmp_path / 'labels').mkdir()
+    for i, (w, h) in enumerate([(96, 48), (96, 60), (80, 40), (90, 50)]):
+        cv2.imwrite(str(tmp_path / 'images' / f'{i}.png'), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        (tmp_path / 'labels' / f'{i}.txt').write_text('0 0.5 0.5 0.4 0.5\n1 0.3 0.6 0.2 0.3\n')
+    kw = dict(augment=True, hyp={**default_hyp(), 'degrees': 5}, rect=True, batch_size=4, seed=1)
+    cpu = LoadImagesAndLabels(str(tmp_path / 'images'), 128, **kw)  # 128 x 96 batches
+    dev = LoadImagesAndLabels(str(tmp_path / 'images'), 128, device_augment=True, **kw)
+    (imgs_cpu, t_cpu), (imgs_dev, t_dev) = _both(cpu, dev, [(i, 0, False) for i in range(4)])
+    assert imgs_dev.shape == imgs_cpu.shape and imgs_cpu.shape[2] != imgs_cpu.shape[3]
+    assert (imgs_cpu.int() - imgs_dev.int()).abs().max() <= 2
+    torch.testing.assert_close(t_dev, t_cpu, atol=1e-4, rtol=0)
+
+
 def test_distribution_over_many_draws_matches(images):
     """Independent draws (different seeds) of both paths: box sizes and pixel statistics agree."""
     cpu, _ = _datasets(images, seed=0, degrees=15)
