@@ -127,15 +127,19 @@ def test_warp_and_hsv_match_opencv():
     assert d.max() <= 1 and d.mean() < 0.35  # HSV -> BGR rounds differently across OpenCV versions: +-1
 
 
-def test_loader_batches_keep_their_layout(images):
-    loader, dataset = create_dataloader(str(images), IMGSZ, 4, 32, augment=True, workers=0, shuffle=True,
-                                        device_augment=True)
-    batch = next(iter(loader))
-    assert len(batch) == 4 and all(str(p).endswith('.png') for p in batch[2])  # paths: the unlabeled flags
-    imgs, targets = DeviceAugment('cpu', dataset.hyp, IMGSZ)(batch)
-    assert imgs.shape == (4, 3, IMGSZ, IMGSZ) and imgs.dtype == torch.uint8
-    assert targets.shape[1] == 6 and set(targets[:, 0].long().tolist()) <= set(range(4))
-    assert ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 1)).all()
+def test_loader_batches_keep_their_layout_whatever_the_workers(images):
+    epochs = []
+    for workers in (0, 2):  # plans are collated and pickled in the workers, and drawn from the same seeds
+        loader, dataset = create_dataloader(str(images), IMGSZ, 3, 32, augment=True, workers=workers,
+                                            shuffle=True, device_augment=True)
+        augment = DeviceAugment('cpu', dataset.hyp, IMGSZ)
+        batches = list(loader)
+        assert all(len(b) == 4 and all(str(p).endswith('.png') for p in b[2]) for b in batches)  # paths kept
+        epochs.append([augment(b) for b in batches])
+    for (imgs, targets), (imgs2, targets2) in zip(*epochs):
+        assert imgs.shape == (3, 3, IMGSZ, IMGSZ) and imgs.dtype == torch.uint8 and torch.equal(imgs, imgs2)
+        assert targets.shape[1] == 6 and set(targets[:, 0].long().tolist()) <= set(range(3))
+        assert ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 1)).all() and torch.equal(targets, targets2)
 
 
 @pytest.mark.parametrize('kw, match', [({'masks': True}, 'segmentation'), ({'hyp': {'mixup': 0.5}}, 'mixup')])

@@ -40,7 +40,7 @@ class DeviceAugment:
         colour = bool((batch[0].hsv != 1).any())  # asked on the host: no device sync
         plan = batch[0].to(self.device, non_blocking=True)
         targets = batch[1].to(self.device, non_blocking=True)
-        imgs = warp(paste_tiles(plan), plan.M, plan.out_hw)
+        imgs = warp(paste_tiles(plan), batch[0].M, plan.out_hw)  # host M: a 3x3 inverse is no work for a GPU
         if colour:  # hyp hsv_* all 0: the CPU path skips the HSV round trip too
             imgs = augment_hsv(imgs, plan.hsv)
         imgs = flip(imgs, plan.flips)
@@ -66,7 +66,7 @@ def warp(canvas, M, out_hw):
                             indexing='ij')
     # float32 is ample: 1e-4 px at 1280 px, where OpenCV itself interpolates at 1/32 px
     dst = torch.stack((xs, ys, torch.ones_like(xs)), -1).reshape(1, -1, 3).to(torch.float32)
-    inverse = torch.linalg.inv(M.to(torch.float64)).to(torch.float32)  # output pixel -> where it comes from
+    inverse = torch.linalg.inv(M.to(torch.float64)).to(canvas.device, torch.float32)  # output pixel -> its source
     xy = dst @ inverse.transpose(1, 2)
     xy = xy[..., :2] / xy[..., 2:]
     # align_corners=True puts -1 and 1 on the centres of the first and last pixels, as OpenCV's integer grid
