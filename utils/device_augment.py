@@ -138,22 +138,25 @@ def clipped_quad_box(quad, width, height):
     of it is inside): the box of its vertices inside the image, its edges' crossings of the image border
     and the image corners inside it, which are the vertices of the clipped polygon (utils/augment.py
     clips with Sutherland-Hodgman; this is the same polygon without a loop)."""
-    size = quad.new_tensor([width, height])
+    limits = float(width), float(height)  # host numbers: no device sync
     points = [quad]
-    valid = [((quad >= 0) & (quad <= size)).all(-1)]
+    valid = [((quad >= 0) & (quad <= quad.new_tensor(limits))).all(-1)]
     p, d = quad, quad.roll(-1, 1) - quad  # edge i runs from vertex i to vertex i + 1
     for axis in (0, 1):
         other = 1 - axis
-        for limit in (0.0, float(size[axis])):
+        for limit in (0.0, limits[axis]):
             t = (limit - p[..., axis]) / d[..., axis]  # inf / nan for edges parallel to the line: never valid
             at = p[..., other] + t * d[..., other]
-            valid.append((t >= 0) & (t <= 1) & (at >= 0) & (at <= size[other]))
-            points.append(torch.stack((torch.full_like(at, limit), at) if axis == 0 else (at, torch.full_like(at, limit)), -1))
+            valid.append((t >= 0) & (t <= 1) & (at >= 0) & (at <= limits[other]))
+            crossing = torch.empty_like(quad)
+            crossing[..., axis], crossing[..., other] = limit, at
+            points.append(crossing)
     corners = quad.new_tensor([[0, 0], [width, 0], [width, height], [0, height]])
     rel = corners.view(1, 1, 4, 2) - p.unsqueeze(2)  # [n, edge, corner, 2]
     cross = d[..., None, 0] * rel[..., 1] - d[..., None, 1] * rel[..., 0]
     area = (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0]).sum(1)  # twice the signed area (shoelace)
-    inside = ((cross >= 0).all(1) | (cross <= 0).all(1)) & (area.abs() > 1e-9).unsqueeze(1)  # a flat quad holds no corner
+    # a corner is inside when it is on the same side of every edge; a flat quad (zero area) holds none
+    inside = ((cross >= 0).all(1) | (cross <= 0).all(1)) & (area.abs() > 1e-9).unsqueeze(1)
     points.append(corners.expand(len(quad), 4, 2))
     valid.append(inside)
     points, valid = torch.cat(points, 1), torch.cat(valid, 1).unsqueeze(-1)
