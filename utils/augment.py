@@ -71,7 +71,8 @@ def augment_hsv(im, rng, hgain=0.5, sgain=0.5, vgain=0.5):
 
 # ---------------------------------------------------------------- geometry
 def box_candidates(box1, box2, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16):
-    maximum = torch.maximum if isinstance(w2, torch.Tensor) else np.maximum  # tensors: utils/device_augment.py
+    """Keep boxes (4, n) (arrays or tensors) that stay wider/taller than wh_thr px, keep area_thr of their
+    area and are not slivers."""
     w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
     w2, h2 = box2[2] - box2[0], box2[3] - box2[1]
     maximum = torch.maximum if isinstance(w2, torch.Tensor) else np.maximum  # utils/device_augment.py: tensors
