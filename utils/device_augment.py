@@ -17,12 +17,15 @@ pixel by pixel with the OpenCV path on a machine without a GPU; and the work is 
 batched kernels (one grid_sample, some element-wise HSV maths), which is what those libraries would run
 too. The only per-image Python work left is pasting the mosaic tiles (4 slice copies per image).
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from utils.augment import PAD_VALUE, box_candidates
 from utils.boxes import xyxy2xywhn
 
+LOGGER = logging.getLogger('yolov5')
 HUE_RANGE = 180  # OpenCV's uint8 hue: 0..179, 30 per 60 degrees
 
 
@@ -35,6 +38,9 @@ class DeviceAugment:
     def __init__(self, device, hyp=None, imgsz=None):
         self.device = torch.device(device)
         self.hyp, self.imgsz = dict(hyp or {}), imgsz
+        if self.device.type == 'cpu':
+            LOGGER.warning('WARNING: --device-augment on the CPU is much slower than the CPU loader path '
+                           '(docs/BENCHMARKS.md); it is meant for GPU training')
 
     def __call__(self, batch):
         colour = bool((batch[0].hsv != 1).any())  # asked on the host: no device sync
