@@ -65,6 +65,16 @@ def test_same_plan_gives_the_cpu_path_batch(images, hyp, mosaic):
     torch.testing.assert_close(t_dev, t_cpu, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_gives_the_cpu_result(images):
+    _, dev = _datasets(images, degrees=20, perspective=0.0005)
+    batch = collate_plans([dev[(i, e, True)] for e in range(2) for i in range(6)])
+    imgs, targets = DeviceAugment('cpu')(batch)
+    imgs_cuda, targets_cuda = DeviceAugment('cuda')(batch)
+    assert imgs_cuda.is_cuda and (imgs_cuda.cpu().int() - imgs.int()).abs().max() <= 1
+    torch.testing.assert_close(targets_cuda.cpu(), targets, atol=1e-4, rtol=0)
+
+
 def test_rect_batches_match(tmp_path):
     """--rect: letterboxed to each batch's shape (not square), no mosaic."""
     rng = np.random.default_rng(2)
