@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from utils.augment import draw_flips, draw_hsv_gains, draw_perspective, mosaic_labels, mosaic_slots
 from utils.cli import UserError
@@ -108,11 +109,15 @@ def collate_plans(batch):
     if len(out_hw) != 1:
         raise ValueError(f'one batch must warp to one size, got {sorted(out_hw)}')
     tiles = [t for p in plans for t in p.tiles]
-    stack = np.zeros((len(tiles), max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles), 3), np.uint8)
+    stack = torch.zeros((len(tiles), max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles), 3),
+                        dtype=torch.uint8)
+    if get_worker_info() is not None:  # filled in shared memory: no copy on the way to the main process
+        stack.share_memory_()
+    view = stack.numpy()
     for k, t in enumerate(tiles):
-        stack[k, :t.shape[0], :t.shape[1]] = t
+        view[k, :t.shape[0], :t.shape[1]] = t
     canvas_hw = max(p.canvas_hw[0] for p in plans), max(p.canvas_hw[1] for p in plans)
-    planned = PlannedBatch(torch.from_numpy(stack), [i for i, p in enumerate(plans) for _ in p.tiles],
+    planned = PlannedBatch(stack, [i for i, p in enumerate(plans) for _ in p.tiles],
                            np.concatenate([p.slots for p in plans]).tolist(), canvas_hw, out_hw.pop(),
                            torch.from_numpy(np.stack([p.M for p in plans])),
                            torch.tensor([p.scale for p in plans], dtype=torch.float64),
