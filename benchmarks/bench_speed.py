@@ -177,7 +177,7 @@ def bench_end_to_end(a, device, data_yaml, project, teacher=None):
             '--batch-size', str(a.batch), '--workers', str(a.workers), '--device', a.device, '--cache', 'ram',
             '--project', str(project), '--name', 'distill' if distill else 'train', '--exist-ok', '--noplots',
             '--noautoanchor', '--noval', *(['--amp'] if a.amp else ['--no-amp']),
-            *(['--compile', a.compile] if a.compile else [])]
+            *(['--compile', a.compile] if a.compile else []), *(['--device-augment'] if a.device_augment else [])]
     if distill:
         argv += ['--t_weights', str(teacher)]
     opt = train.prepare_run(train.parse_opt(argv, parser=parser))
@@ -256,6 +256,7 @@ def parse_args(argv=None):
     ap.add_argument('--amp', action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument('--compile', nargs='?', const='default', default=False, choices=train.COMPILE_MODES,
                     help='torch.compile the student forward (step rows) / train.py --compile MODE (e2e rows)')
+    ap.add_argument('--device-augment', action='store_true', help='train.py --device-augment in the e2e rows')
     ap.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument('--val-images', type=int, default=0, help='images of the shorter val.py run (the longer has 3x; '
                                                              'default 2 x batch x iters)')
@@ -352,7 +353,7 @@ def run_header(a, device):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({os.cpu_count()} cores)'
     return (f'{name}, torch {torch.__version__}, imgsz {a.imgsz}, batch {a.batch}, {a.iters} timed iterations '
             f'after {a.warmup}, AMP {str(autocast_dtype(device, a.amp) or "off").replace("torch.", "")}, '
-            f'compile {a.compile}')
+            f'compile {a.compile}, device augment {a.device_augment}')
 
 
 def print_table(a, device, rows, floor_dtype):

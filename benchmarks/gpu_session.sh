@@ -5,7 +5,8 @@
 # shared/, downloads the peers' wheels for python 3.12, and moves the three DeepPCB teachers (42 MB)
 # out of the tree so that the working tree fits the 64 MiB carry budget):
 #     bash benchmarks/gpu_session.sh --prepare
-# On the device (run tool): command "bash benchmarks/gpu_session.sh", carry [".peer_wheels"], timeout_s 600.
+# On the device (run tool): command "bash benchmarks/gpu_session.sh", carry [".peer_wheels"], timeout_s 600;
+# then, if device time is left, the same with "PART=2 bash benchmarks/gpu_session.sh" (stages 7-9).
 # Afterwards, here:   bash benchmarks/gpu_session.sh --restore
 #
 # Stages, in order of priority, each under `timeout` and skipped when the budget (BUDGET s, default 540)
@@ -18,6 +19,12 @@
 #                with a cwd feature term (adapters in DDP), yolov5n + yolov5s, 320 px, 1 epoch    [~50 s]
 #   5 compile    step rows with --compile default                                                [~110 s]
 #   6 compile_ro step rows with --compile reduce-overhead (if time is left)                       [~90 s]
+# PART=2 (a second call, about 6 minutes):
+#   7 device_aug benchmarks/bench_augment.py on the GPU: worker ms/image and loader images/s, CPU path vs
+#                --device-augment, RAM cache                                                     [~60 s]
+#   8 e2e_fast   end-to-end rows with --compile default --device-augment (yolov5s; yolov5n + yolov5s) [~90 s]
+#   9 same_map   DeepPCB, yolov5n from yolov5n.pt, SAME_EPOCHS [8] at 640: plain vs --compile default
+#                --device-augment, seeds 0 and 1, two runs at a time; the final mAPs side by side  [~200 s]
 # Everything goes to $OUT: session.md (commands, tables, return codes, seconds), session.log (all
 # output), peer_logs.tgz (the peers' own logs and timings).
 set -uo pipefail
@@ -27,11 +34,11 @@ case "${1:-}" in
     set -e
     mkdir -p shared/datasets shared/weights "$HELD"
     cp -r ../shared/peers shared/
-    cp -r ../shared/datasets/coco128 shared/datasets/
+    cp -r ../shared/datasets/coco128 ../shared/datasets/deeppcb shared/datasets/
     cp ../shared/weights/yolov5n.pt shared/weights/
     bash benchmarks/peer_wheels.sh .peer_wheels
     mv weights/deeppcb_teacher_yolov5s_cpu.pt weights/deeppcb_teacher2_yolov5s_cpu.pt \
-       weights/deeppcb_teacher_yolov5s_gpu.pt "$HELD"/
+       weights/deeppcb_teacher_yolov5s_gpu.pt weights/demo_teacher_yolov5s.pt weights/coco_seg_teacher*.pt "$HELD"/
     du -sh --exclude=.git . ; exit 0 ;;
   --restore)
     mv "$HELD"/*.pt weights/ && git status --short weights; exit 0 ;;
@@ -71,7 +78,7 @@ stage() {  # stage NAME CAP_S MIN_S COMMAND...: run under timeout min(CAP, budge
   timeout -k 15 "$limit" "$@" > "$WORK/stage.out" 2>&1
   local rc=$?
   { echo "===== $name: $*"; cat "$WORK/stage.out"; } >> "$LOG"
-  grep -E '^\||imgsz [0-9]+, batch [0-9]+|^matmul|^DDP' "$WORK/stage.out" >> "$MD"
+  grep -E '^\||imgsz [0-9]+, batch [0-9]+|^matmul|^DDP|^same_map' "$WORK/stage.out" >> "$MD"
   local why=''
   (( rc == 124 || rc == 137 )) && why=' (stopped by its time limit)'
   printf '\nrc %s%s, %s s\n' "$rc" "$why" "$(( $(date +%s) - s ))" >> "$MD"
@@ -84,6 +91,35 @@ ddp_smoke() {  # 2 ranks share the GPU; passes when rank 0 finished its epoch an
     && test -s "$WORK/ddp/smoke/results.csv" && echo "DDP smoke: passed, 2 ranks (gloo) on one GPU, results.csv:" \
     && sed 's/^/DDP /' "$WORK/ddp/smoke/results.csv"
 }
+
+same_map() {  # plain vs compiled + device-augmented training reach the same mAP (2 seeds each)
+  local data=shared/datasets/deeppcb/deeppcb.yaml s
+  for s in 0 1; do
+    for mode in plain fast; do
+      local extra=''
+      [[ $mode == fast ]] && extra='--compile default --device-augment'
+      python3 train.py --data "$data" --weights "$YOLOV5N" --epochs "${SAME_EPOCHS:-8}" ${SAME_SIZE:-"--imgsz 640 \
+        --batch-size 64 --workers 7 --cache ram"} --device "$DEVICE" --seed "$s" --project "$WORK/same" \
+        --name "${mode}_s$s" --exist-ok --noplots $extra > "$WORK/same_${mode}_s$s.log" 2>&1 &
+    done
+    wait
+  done
+  for f in "$WORK"/same_*.log; do echo "same_map $(basename "$f" .log): $(grep -a '^Final' "$f" | tail -1)"; done
+}
+
+if [[ "${PART:-1}" == 2 ]]; then
+  export WORK DEVICE YOLOV5N
+  export -f same_map
+  stage device_aug 90 40 python3 benchmarks/bench_augment.py --imgsz 640 --batch 64 --workers 15 --epochs 1 \
+    --samples 512 --cache ram --device cuda
+  stage e2e_fast 120 60 $BENCH $GPU --warmup 5 --iters 20 --sections e2e --data "$COCO" --compile default --device-augment
+  stage e2e_fast_n 100 50 $BENCH $GPU --warmup 5 --iters 20 --sections e2e --data "$COCO" --student yolov5n.yaml \
+    --teacher yolov5s.yaml --compile default --device-augment
+  stage same_map 300 150 bash -c same_map
+  printf '\ntotal %s s of a %s s budget\n' "$(( $(date +%s) - T0 ))" "$BUDGET" >> "$MD"
+  cat "$MD"
+  exit 0
+fi
 
 stage peers 270 120 $BENCH --peers shared/peers $GPU --warmup 5 --iters 15 --data "$COCO" --val-images "${VAL_IMAGES:-640}" \
   --val-weights "$YOLOV5N" --peer-teacher-weights "$YOLOV5N" --peer-wheels .peer_wheels --peer-logs "$WORK/peer_logs"
