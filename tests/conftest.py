@@ -42,6 +42,18 @@ def tiny_data(tmp_path_factory):
     return yaml_file
 
 
+@pytest.fixture(scope="session")
+def tiny_seg_data(tmp_path_factory):
+    """The tiny set's segmentation twin (same images, YOLO-seg polygon labels), generated once per session."""
+    from utils.synthetic import CLASS_NAMES
+    root = tmp_path_factory.mktemp("tiny_synthetic_seg")
+    cfg = {"path": str(root / "data"), "train": "images/train", "val": "images/val",
+           "names": list(CLASS_NAMES), "synthetic": dict(TINY_SYNTHETIC, polygons=True)}
+    yaml_file = root / "tiny-seg.yaml"
+    yaml_file.write_text(yaml.safe_dump(cfg))
+    return yaml_file
+
+
 def tiny_train_args(data, project, name, epochs=2, extra=()):
     """train.py flags for a seconds-long CPU run on the tiny dataset."""
     return ["--data", str(data), "--cfg", "yolov5n.yaml", "--epochs", str(epochs), "--imgsz", "64",

@@ -1,0 +1,109 @@
+"""Segmentation evaluation: mask matching, evaluate() / val.py on -seg models, the trainer's seg validation."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import val
+from conftest import tiny_train_args
+from models.checkpoint import model_checkpoint_fields, save_checkpoint
+from models.yolo import Model
+from utils.metrics import IOU_THRESHOLDS
+from utils.seg_eval import image_gt_masks, match_masks
+from utils.tasks import SEGMENT_METRIC_KEYS
+
+HYP = dict(box=0.05, obj=1.0, cls=0.5, cls_pw=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0)
+
+
+def _square(size, x1, y1, x2, y2):
+    m = torch.zeros(size, size)
+    m[y1:y2, x1:x2] = 1
+    return m
+
+
+def test_overlap_and_per_instance_gt_masks_are_the_same_instances():
+    a, b = _square(16, 0, 0, 8, 8), _square(16, 4, 4, 12, 12)
+    index_map = a.clone()
+    index_map[b > 0] = 2  # the second instance drawn on top, as the loader does
+    targets = torch.tensor([[0, 0, .5, .5, .1, .1], [0, 1, .5, .5, .1, .1], [1, 2, .5, .5, .1, .1]])
+    overlap = image_gt_masks(torch.stack((index_map, torch.zeros(16, 16))), targets, 0, 2, overlap=True)
+    assert torch.equal(overlap[1], b) and torch.equal(overlap[0], a * (b == 0))
+    per_instance = image_gt_masks(torch.stack((a, b, b)), targets, 0, 2, overlap=False)
+    assert torch.equal(per_instance, torch.stack((a, b)))
+
+
+def test_mask_matching_thresholds_classes_and_resolution():
+    gt = torch.stack((_square(16, 0, 0, 8, 8), _square(16, 8, 8, 16, 16)))
+    # prediction 0: the first mask exactly; 1: 6 of the second's 8 columns (IoU 0.75); 2: a wrong class
+    pred = torch.stack((_square(16, 0, 0, 8, 8), _square(16, 10, 8, 16, 16), _square(16, 8, 8, 16, 16))).bool()
+    correct = match_masks(pred, gt, torch.tensor([0., 1.]), torch.tensor([0., 1., 2.]), IOU_THRESHOLDS)
+    assert correct[0].all() and not correct[2].any()
+    assert correct[1].tolist() == [t <= 0.75 for t in IOU_THRESHOLDS.tolist()]
+    # ground truth at 4x the resolution is resized to the predictions' before matching
+    fine = torch.nn.functional.interpolate(gt[None], scale_factor=4, mode="nearest")[0]
+    assert torch.equal(match_masks(pred, fine, torch.tensor([0., 1.]), torch.tensor([0., 1., 2.]), IOU_THRESHOLDS),
+                       correct)
+
+
+def _seg_model():
+    torch.manual_seed(0)
+    model = Model("yolov5n-seg.yaml", nc=8)
+    model.names = [f"c{i}" for i in range(8)]
+    model.hyp = dict(HYP)
+    return model
+
+
+@pytest.mark.parametrize("overlap,ratio", [(True, 4), (False, 1)])
+def test_evaluate_scores_boxes_and_masks_with_the_seg_loss(tiny_seg_data, overlap, ratio):
+    from utils.dataset_yaml import check_dataset
+    from utils.evaluate import build_loader, evaluate
+    from utils.seg_loss import ComputeSegLoss
+    data = check_dataset(str(tiny_seg_data))
+    model = _seg_model()
+    loader = build_loader(data, "val", imgsz=64, batch_size=4, stride=32, workers=0, masks=True, overlap=overlap,
+                          downsample_ratio=ratio)
+    res = evaluate(model, loader, conf_thres=0.0, compute_loss=ComputeSegLoss(model, overlap=overlap))
+    values = res.as_tuple()
+    assert len(values) == len(SEGMENT_METRIC_KEYS) == 12 and res.mask is not None
+    assert all(v > 0 for v in values[8:])  # box, seg, obj, cls validation losses
+    assert res.fitness == pytest.approx(0.1 * values[2] + 0.9 * values[3] + 0.1 * values[6] + 0.9 * values[7])
+    assert res.maps.shape == (8,)
+    box_only = evaluate(model, build_loader(data, "val", imgsz=64, batch_size=4, stride=32, workers=0), conf_thres=0.0)
+    assert len(box_only.as_tuple()) == 7 and box_only.mask is None
+    assert box_only.box.means() == res.box.means()  # the masks do not change the boxes' figures
+
+
+def test_val_on_a_seg_checkpoint_prints_v7_table_and_writes_rle_masks(tiny_seg_data, tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    weights = save_checkpoint(tmp_path / "seg.pt", model_checkpoint_fields(_seg_model()))
+    results, maps, _ = val.main(val.parse_opt(["--data", str(tiny_seg_data), "--weights", str(weights), "--imgsz",
+                                               "64", "--device", "cpu", "--workers", "0", "--project",
+                                               str(tmp_path), "--save-json", "--conf-thres", "0.0", "--noplots"]))
+    out, err = capsys.readouterr()
+    assert "Box(P" in err and "Mask(P" in err and "mAP50-95)" in err  # the table header is the progress bar's
+    assert len(results) == 12 and maps.shape == (8,)
+    preds = json.loads(next((tmp_path / "exp").glob("*_predictions.json")).read_text())
+    assert preds and set(preds[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
+    assert set(preds[0]["segmentation"]) == {"size", "counts"} and isinstance(preds[0]["segmentation"]["counts"], str)
+    gt = json.loads((tmp_path / "exp" / "ground_truth.json").read_text())
+    assert all(len(a["segmentation"][0]) >= 6 and a["area"] > 0 for a in gt["annotations"])
+    assert "segm mAP@0.5:0.95" in out  # pycocotools' masks beside the project's
+
+
+def test_trainer_validates_seg_models_and_logs_v7_columns(tiny_seg_data, tmp_path):
+    args = tiny_train_args(tiny_seg_data, tmp_path, "seg", epochs=1)
+    args[args.index("yolov5n.yaml")] = "yolov5n-seg.yaml"
+    results = train.main(train.parse_opt(args))
+    assert len(results) == 12
+    with open(tmp_path / "seg" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0])
+    assert all(k in columns for k in SEGMENT_METRIC_KEYS) and "train/seg_loss" in columns
+    assert [float(rows[0][k]) for k in SEGMENT_METRIC_KEYS] == pytest.approx(list(results), abs=1e-3)
+    assert all(float(rows[0][k]) > 0 for k in SEGMENT_METRIC_KEYS[8:])  # validation losses were computed
+    ckpt = torch.load(tmp_path / "seg" / "weights" / "best.pt", weights_only=True)
+    assert ckpt["best_fitness"] == pytest.approx(
+        float(np.dot([0.1, 0.9, 0.1, 0.9], [results[2], results[3], results[6], results[7]])), abs=1e-3)
