@@ -50,6 +50,15 @@ def absolute_data(data, folder):
     return out
 
 
+def fonts(config_dir):
+    """The fonts v7.0 would download, from matplotlib's (the peers recipe)."""
+    import shutil
+    import matplotlib
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        shutil.copy(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf", config_dir / name)
+
+
 def compare(weights, data, imgsz=320, batch=32, save_json=False, folder=None):
     """(ours, v7.0): the first 8 values of each results tuple."""
     import peer_v7
@@ -59,6 +68,7 @@ def compare(weights, data, imgsz=320, batch=32, save_json=False, folder=None):
     ours = val.run(str(data), weights=str(weights), imgsz=imgsz, batch_size=batch, device="cpu", workers=0,
                    plots=False, save_json=save_json, project=folder / "ours")[0][:8]
     root = peer_v7.extract(folder / "peer")
+    fonts(root.parent / "config")
     out = folder / "v7.json"
     peer_v7.run(root, PEER_SNIPPET, Path(weights).resolve(), data, imgsz, batch, out, int(save_json), timeout=1200)
     return ours, json.loads(out.read_text())[:8]
