@@ -22,15 +22,20 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 PEER_SNIPPET = r'''
 import json, os, sys
 sys.path[:0] = [p for p in os.environ.get("PEER_PYDEPS", "").split(os.pathsep) if p]  # psutil, seaborn, thop
+import types
 import torch
+import utils.general
 from models.yolo import SegmentationModel
 import segment.val as v
+# v7.0's NMS stops after 0.5 + 0.05 * batch seconds and drops the rest of the batch: on a busy CPU that
+# changes its figures. A frozen clock turns the limit off (and only its speed report reads 0).
+utils.general.time = types.SimpleNamespace(time=lambda: 0.0)
 weights, data, imgsz, batch, out, save_json = sys.argv[1:7]
 ckpt = torch.load(weights, map_location="cpu", weights_only=False)
 if not isinstance(ckpt["model"], torch.nn.Module):  # this project's format: a state dict and its YAML
     model = SegmentationModel(ckpt["model_yaml"], nc=len(ckpt["names"]))
     model.load_state_dict(ckpt["model"])
-    model.names = dict(enumerate(ckpt["names"]))
+    model.names, model.nc = dict(enumerate(ckpt["names"])), len(ckpt["names"])
     weights = out + ".v7.pt"
     torch.save({"model": model.half()}, weights)
 r = v.run(data, weights=weights, imgsz=int(imgsz), batch_size=int(batch), device="cpu", workers=0, plots=False,
@@ -70,7 +75,9 @@ def compare(weights, data, imgsz=320, batch=32, save_json=False, folder=None):
     root = peer_v7.extract(folder / "peer")
     fonts(root.parent / "config")
     out = folder / "v7.json"
-    peer_v7.run(root, PEER_SNIPPET, Path(weights).resolve(), data, imgsz, batch, out, int(save_json), timeout=1200)
+    log = peer_v7.run(root, PEER_SNIPPET, Path(weights).resolve(), data, imgsz, batch, out, int(save_json),
+                      timeout=1200)
+    print("v7.0's segment/val.py:\n" + "\n".join(line for line in log.splitlines()[-12:]))
     return ours, json.loads(out.read_text())[:8]
 
 

@@ -107,3 +107,86 @@ def test_trainer_validates_seg_models_and_logs_v7_columns(tiny_seg_data, tmp_pat
     ckpt = torch.load(tmp_path / "seg" / "weights" / "best.pt", weights_only=True)
     assert ckpt["best_fitness"] == pytest.approx(
         float(np.dot([0.1, 0.9, 0.1, 0.9], [results[2], results[3], results[6], results[7]])), abs=1e-3)
+
+
+class _OracleSeg(torch.nn.Module):
+    """Stands in for a -seg model on a known loader: per image, one detection per label, its box jittered, its
+    mask coefficient one-hot on a prototype that holds the label's mask at 1/4 resolution, some classes wrong.
+    Gives a spread of box and mask IoUs without training a model."""
+    task = "segment"
+
+    def __init__(self, loader, nc, seed=0):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.model = [type("Head", (), {"nc": nc, "nm": 32})()]
+        gen = torch.Generator().manual_seed(seed)
+        self.outputs = [self._output(im, targets, masks, nc, gen) for im, targets, _, _, masks in loader]
+        self.calls = iter(self.outputs)
+
+    @staticmethod
+    def _output(im, targets, masks, nc, gen):
+        b, _, h, w = im.shape
+        counts = torch.bincount(targets[:, 0].long(), minlength=b)
+        pred = torch.zeros(b, int(counts.max()), 5 + nc + 32)
+        protos = torch.full((b, 32, h // 4, w // 4), -10.0)
+        small = torch.nn.functional.avg_pool2d(masks[None].float(), 4)[0]  # the labels' masks at 1/4
+        for row, (t, m) in enumerate(zip(targets, small)):
+            i, k = int(t[0]), int((targets[:row, 0] == t[0]).sum())
+            box = t[2:6] * torch.tensor([w, h, w, h])
+            box = box + box[[2, 3, 2, 3]] * 0.08 * torch.randn(4, generator=gen)  # centre and size off by ~8%
+            cls = int(t[1]) if torch.rand(1, generator=gen) > 0.15 else (int(t[1]) + 1) % nc
+            pred[i, k, :4], pred[i, k, 4], pred[i, k, 5 + cls] = box, 1.0, 0.3 + 0.7 * torch.rand(1, generator=gen)
+            pred[i, k, 5 + nc + k] = 1.0
+            protos[i, k] = (m * 2 - 1) * 10
+        return pred, (None, protos)
+
+    def forward(self, im):
+        return next(self.calls)
+
+
+def _rle_ground_truth(loader, names):
+    """COCO ground truth whose masks are the loader's own (rasterised by cv2 as v7.0 does), as RLE on the
+    original images: pycocotools then scores exactly the masks the project scores, so the two mAPs can
+    only differ by their matching and AP rules. (Against the label polygons, which pycocotools rasterises
+    its own way, the masks differ by up to a pixel along the outline.)"""
+    from utils.coco_eval import ground_truth_json, rle
+    from utils.masks import scale_masks
+    ds = loader.dataset
+    gt = ground_truth_json(ds.im_files, ds.shapes, ds.labels, names, list(range(1000)))
+    by_file = {}
+    for im, targets, paths, shapes, masks in loader:
+        for si, path in enumerate(paths):
+            m = scale_masks(im.shape[2:], masks[targets[:, 0] == si], shapes[si][0], shapes[si][1])
+            by_file[str(path)] = rle(m.to(torch.uint8).numpy())
+    anns = iter(gt["annotations"])
+    for f, lb in zip(ds.im_files, ds.labels):
+        for r in by_file[str(f)][:len(lb)]:
+            ann = next(anns)
+            ann["segmentation"], ann["area"] = r, float(mask_area(r))
+    return gt
+
+
+def mask_area(r):
+    from pycocotools.mask import area
+    return area(dict(r, counts=r["counts"].encode()))
+
+
+def test_mask_map_agrees_with_pycocotools_segm(tmp_path):
+    pytest.importorskip("pycocotools")
+    import yaml
+    from utils.coco_eval import pycocotools_map
+    from utils.dataset_yaml import check_dataset
+    from utils.evaluate import build_loader, evaluate
+    from utils.synthetic import CLASS_NAMES
+    cfg = {"path": str(tmp_path / "data"), "train": "images/train", "val": "images/val", "names": list(CLASS_NAMES),
+           "synthetic": {"n_train": 1, "n_val": 96, "imgsz": 160, "seed": 1, "max_objects": 8, "polygons": True}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    data = check_dataset(str(tmp_path / "d.yaml"))
+    loader = build_loader(data, "val", imgsz=160, batch_size=32, stride=32, workers=0, masks=True, overlap=False,
+                          downsample_ratio=1)
+    res = evaluate(_OracleSeg(loader, nc=8), loader, save_json=True, save_dir=tmp_path, nc=8)
+    gt = _rle_ground_truth(loader, res.names)
+    segm, bbox = (pycocotools_map(gt, res.jdict, iou_type=t) for t in ("segm", "bbox"))
+    assert 0.2 < res.mask.map < 0.9 and res.mask.map50 > res.mask.map  # a spread of mask IoUs, not all or nothing
+    assert abs(segm[0] - res.mask.map) < 0.005 and abs(segm[1] - res.mask.map50) < 0.01, (segm, res.mask.means())
+    assert abs(bbox[0] - res.box.map) < 0.005, (bbox, res.box.means())
