@@ -111,31 +111,40 @@ def test_trainer_validates_seg_models_and_logs_v7_columns(tiny_seg_data, tmp_pat
 
 class _OracleSeg(torch.nn.Module):
     """Stands in for a -seg model on a known loader: per image, one detection per label, its box jittered, its
-    mask coefficient one-hot on a prototype that holds the label's mask at 1/4 resolution, some classes wrong.
-    Gives a spread of box and mask IoUs without training a model."""
+    mask coefficient one-hot on a prototype that holds the label's mask at 1/4 resolution, some classes wrong;
+    then a tail of low-confidence clutter whose masks fill their boxes, as a detector gives at conf 0.001
+    (without it YOLOv5's AP closes the PR curve above COCO's: tests/test_metrics.py). A spread of box and
+    mask IoUs without training a model."""
     task = "segment"
+    clutter = 90  # with the up to 8 real ones, within COCO's 100 detections per image
 
     def __init__(self, loader, nc, seed=0):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.model = [type("Head", (), {"nc": nc, "nm": 32})()]
         gen = torch.Generator().manual_seed(seed)
-        self.outputs = [self._output(im, targets, masks, nc, gen) for im, targets, _, _, masks in loader]
-        self.calls = iter(self.outputs)
+        self.calls = iter([self._output(im, targets, masks, nc, gen) for im, targets, _, _, masks in loader])
 
-    @staticmethod
-    def _output(im, targets, masks, nc, gen):
+    @classmethod
+    def _output(cls, im, targets, masks, nc, gen):
         b, _, h, w = im.shape
         counts = torch.bincount(targets[:, 0].long(), minlength=b)
-        pred = torch.zeros(b, int(counts.max()), 5 + nc + 32)
+        size = torch.tensor([w, h, w, h])
+        pred = torch.zeros(b, int(counts.max()) + cls.clutter, 5 + nc + 32)
+        pred[:, -cls.clutter:, :4] = torch.rand(b, cls.clutter, 4, generator=gen) * size * 0.5 + size * 0.25
+        pred[:, -cls.clutter:, 4] = 1.0
+        noise = torch.randint(0, nc, (b, cls.clutter), generator=gen)
+        pred[:, -cls.clutter:].scatter_(2, 5 + noise[..., None], 0.001 + 0.1 * torch.rand(b, cls.clutter, 1, generator=gen))
+        pred[:, -cls.clutter:, -1] = 1.0  # the last prototype is all foreground: the mask is the box
         protos = torch.full((b, 32, h // 4, w // 4), -10.0)
+        protos[:, -1] = 10.0
         small = torch.nn.functional.avg_pool2d(masks[None].float(), 4)[0]  # the labels' masks at 1/4
         for row, (t, m) in enumerate(zip(targets, small)):
             i, k = int(t[0]), int((targets[:row, 0] == t[0]).sum())
-            box = t[2:6] * torch.tensor([w, h, w, h])
+            box = t[2:6] * size
             box = box + box[[2, 3, 2, 3]] * 0.08 * torch.randn(4, generator=gen)  # centre and size off by ~8%
-            cls = int(t[1]) if torch.rand(1, generator=gen) > 0.15 else (int(t[1]) + 1) % nc
-            pred[i, k, :4], pred[i, k, 4], pred[i, k, 5 + cls] = box, 1.0, 0.3 + 0.7 * torch.rand(1, generator=gen)
+            c = int(t[1]) if torch.rand(1, generator=gen) > 0.15 else (int(t[1]) + 1) % nc
+            pred[i, k, :4], pred[i, k, 4], pred[i, k, 5 + c] = box, 1.0, 0.3 + 0.7 * torch.rand(1, generator=gen)
             pred[i, k, 5 + nc + k] = 1.0
             protos[i, k] = (m * 2 - 1) * 10
         return pred, (None, protos)
