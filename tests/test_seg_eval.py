@@ -1,6 +1,8 @@
 """Segmentation evaluation: mask matching, evaluate() / val.py on -seg models, the trainer's seg validation."""
 import csv
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +201,25 @@ def test_mask_map_agrees_with_pycocotools_segm(tmp_path):
     assert 0.2 < res.mask.map < 0.9 and res.mask.map50 > res.mask.map  # a spread of mask IoUs, not all or nothing
     assert abs(segm[0] - res.mask.map) < 0.005 and abs(segm[1] - res.mask.map50) < 0.01, (segm, res.mask.means())
     assert abs(bbox[0] - res.box.map) < 0.005, (bbox, res.box.means())
+
+
+@pytest.mark.slow
+def test_val_reproduces_v7_segment_val(tmp_path):
+    """val.py against v7.0's own segment/val.py (peer subprocess, benchmarks/seg_val_vs_v7.py) on coco-seg at
+    320 with the v7.0 checkpoint: its mask rows are random (mask mAP ~0), so this pins the boxes and the mask
+    plumbing; `python benchmarks/seg_val_vs_v7.py --weights <a trained -seg .pt>` compares learned masks."""
+    import os
+    import peer_v7
+    from conftest import ROOT
+    weights = ROOT.parent / "shared" / "weights" / "yolov5n-seg_v7.0.pt"
+    data = ROOT.parent / "shared" / "datasets" / "coco-seg" / "coco-seg.yaml"
+    pydeps = os.environ.get("PEER_PYDEPS", "")
+    if not (peer_v7.AVAILABLE and weights.exists() and data.exists()):
+        pytest.skip("../shared (peers, yolov5n-seg_v7.0.pt, coco-seg) absent")
+    if not (pydeps and (Path(pydeps) / "psutil").is_dir()):
+        pytest.skip("v7.0's val needs psutil: PEER_PYDEPS=<pip install --no-deps --target DIR psutil seaborn thop>")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from seg_val_vs_v7 import compare
+    ours, v7 = compare(weights, data, imgsz=320, batch=32, folder=tmp_path)
+    for i in (2, 3, 6, 7):  # box and mask mAP50, mAP50-95
+        assert abs(ours[i] - v7[i]) < 0.01, (i, ours, v7)
