@@ -32,12 +32,15 @@ import segment.val as v
 utils.general.time = types.SimpleNamespace(time=lambda: 0.0)
 weights, data, imgsz, batch, out, save_json = sys.argv[1:7]
 ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-if not isinstance(ckpt["model"], torch.nn.Module):  # this project's format: a state dict and its YAML
+if isinstance(ckpt["model"], torch.nn.Module):  # saved by v7.0 (which may not have set .nc on it)
+    model = ckpt["model"].float()
+else:  # this project's format: a state dict and its YAML
     model = SegmentationModel(ckpt["model_yaml"], nc=len(ckpt["names"]))
     model.load_state_dict(ckpt["model"])
-    model.names, model.nc = dict(enumerate(ckpt["names"])), len(ckpt["names"])
-    weights = out + ".v7.pt"
-    torch.save({"model": model.half()}, weights)
+    model.names = dict(enumerate(ckpt["names"]))
+model.nc = model.model[-1].nc  # segment/val.py checks it against the data
+weights = out + ".v7.pt"
+torch.save({"model": model.half()}, weights)
 r = v.run(data, weights=weights, imgsz=int(imgsz), batch_size=int(batch), device="cpu", workers=0, plots=False,
           half=False, save_json=save_json == "1", project=out + "_runs")
 json.dump([float(x) for x in r[0]], open(out, "w"))
