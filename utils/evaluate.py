@@ -304,11 +304,13 @@ def _summarise(state, nc, names, n_batches, plots, save_dir):
     res = EvalResult(seen=state["seen"], jdict=state["jdict"], names=names)
     stats = [torch.cat(x, 0).cpu().numpy() for x in zip(*state["stats"])]
     res.nt = np.bincount(stats[3].astype(int), minlength=nc) if len(stats) else np.zeros(nc, dtype=int)
-    seg = len(stats) == 5 or (not stats and state["seg"])
+    seg = state["seg"]
     empty = [np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0)]
     box, conf, pred_cls, target_cls, *masks = stats or empty
     res.box = _class_metrics(box, conf, pred_cls, target_cls, nc, names, plots, save_dir, "Box" if seg else "")
-    if seg:  # v7.0 reads the masks' P and R at their own best F1, like the boxes'
+    # v7.0 reads the masks' P and R at their own best F1, like the boxes'. (It also reports the boxes as 0 when
+    # no mask at all is a true positive, a model with untrained masks; here each kind stands on its own.)
+    if seg:
         res.mask = _class_metrics(masks[0] if masks else empty[0], conf, pred_cls, target_cls, nc, names, plots,
                                   save_dir, "Mask")
     if plots:
