@@ -30,6 +30,10 @@ import segment.val as v
 # v7.0's NMS stops after 0.5 + 0.05 * batch seconds and drops the rest of the batch: on a busy CPU that
 # changes its figures. A frozen clock turns the limit off (and only its speed report reads 0).
 utils.general.time = types.SimpleNamespace(time=lambda: 0.0)
+# --save-json: OpenCV >= 4.x resizes at most 128 channels at once (v7.0 passes up to 300 masks as channels)
+_scale_image = v.scale_image
+v.scale_image = lambda im1, m, im0, pad=None: __import__("numpy").concatenate(
+    [_scale_image(im1, m[..., i:i + 128], im0, pad) for i in range(0, m.shape[2], 128)], 2)
 weights, data, imgsz, batch, out, save_json = sys.argv[1:7]
 ckpt = torch.load(weights, map_location="cpu", weights_only=False)
 if isinstance(ckpt["model"], torch.nn.Module):  # saved by v7.0 (which may not have set .nc on it)
@@ -78,9 +82,7 @@ def compare(weights, data, imgsz=320, batch=32, save_json=False, folder=None):
     root = peer_v7.extract(folder / "peer")
     fonts(root.parent / "config")
     out = folder / "v7.json"
-    log = peer_v7.run(root, PEER_SNIPPET, Path(weights).resolve(), data, imgsz, batch, out, int(save_json),
-                      timeout=1200)
-    print("v7.0's segment/val.py:\n" + "\n".join(line for line in log.splitlines()[-12:]))
+    peer_v7.run(root, PEER_SNIPPET, Path(weights).resolve(), data, imgsz, batch, out, int(save_json), timeout=1200)
     return ours, json.loads(out.read_text())[:8]
 
 
