@@ -1,4 +1,4 @@
-"""Run YOLOv5 detection on images, folders, globs, .txt path lists and video files.
+"""Run YOLOv5 detection or instance segmentation on images, folders, globs, .txt path lists and videos.
 
 Usage (YOLOv5 flags):
     python detect.py --weights runs/train/exp/weights/best.pt --source img.jpg
@@ -8,6 +8,9 @@ Usage (YOLOv5 flags):
     python detect.py --weights best.pt --source video.mp4     # annotated .mp4 + per-frame labels
 Results go to runs/detect/expN: annotated images/videos, labels/*.txt (`cls xc yc w h [conf]`,
 normalised), crops/<class>/*.jpg with --save-crop.
+A segmentation (-seg) model also draws its masks, and its labels are YOLOv5 v7.0's polygon rows
+(`cls x1 y1 x2 y2 ... [conf]`, normalised); --retina-masks makes masks at the image's own resolution:
+    python detect.py --weights yolov5n-seg.pt --source img.jpg --save-txt --retina-masks
 """
 import argparse
 import os
@@ -23,12 +26,14 @@ import torch
 from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywh
 from utils.cli import UserError
 from utils.files import increment_path, shown_path
+from utils.masks import masks_to_polygons, process_mask, process_mask_native, scale_masks, scale_polygons
 from utils.plots import Annotator, colors
 from utils.sources import LoadSources, check_imgsz, collect_files
 from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
 CROP_GAIN, CROP_PAD = 1.02, 10  # crops are slightly larger than the box, as YOLOv5 saves them
+MASK_CHUNK = 16  # -seg masks brought to the image size at once: 16 x 8 MB of float32 for a 1080p frame
 
 
 def check_display():
@@ -70,15 +75,49 @@ def label_text(names, cls, conf, hide_labels, hide_conf):
     return names[cls] if hide_conf else f'{names[cls]} {conf:.2f}'
 
 
+def _label_row(cls, coords, conf, save_conf):
+    row = (int(cls), *coords, conf) if save_conf else (int(cls), *coords)
+    return ('%g ' * len(row)).rstrip() % row
+
+
 def label_lines(det, shape, save_conf):
     """`cls xc yc w h [conf]` rows, normalised to the original image shape (h, w)."""
     gn = torch.tensor(shape)[[1, 0, 1, 0]]
     lines = []
     for *xyxy, conf, cls in det.tolist():
         xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-        row = (int(cls), *xywh, conf) if save_conf else (int(cls), *xywh)
-        lines.append(('%g ' * len(row)).rstrip() % row)
+        lines.append(_label_row(cls, xywh, conf, save_conf))
     return lines
+
+
+def polygon_lines(masks, det, shape, save_conf):
+    """v7.0's segment rows `cls x1 y1 x2 y2 ... [conf]`, normalised to the original image shape (h, w),
+    from each detection's mask (`masks` [n, h, w] on the letterboxed input or on the image itself)."""
+    polygons = scale_polygons(masks.shape[1:], masks_to_polygons(masks), shape, normalize=True)
+    lines = []
+    for polygon, (conf, cls) in zip(polygons, det[:, 4:6].tolist()):
+        if len(polygon) >= 3:  # v7.0 writes a bare `cls` for an empty mask; label readers reject that row
+            lines.append(_label_row(cls, polygon.reshape(-1).tolist(), conf, save_conf))
+    return lines
+
+
+def instance_masks(protos, det, input_shape, im0_shape, retina):
+    """Masks of the detections (boxes still in input pixels) -> (masks the polygons come from, the same
+    masks on the original image [n, h0, w0]). As v7.0: made at the input size, then cut out of the
+    letterbox and resized; --retina-masks: from the prototypes straight to the image's resolution.
+    Done MASK_CHUNK detections at a time: the float intermediates at image size stay bounded."""
+    parts = [_instance_masks(protos, det[i:i + MASK_CHUNK], input_shape, im0_shape, retina)
+             for i in range(0, max(len(det), 1), MASK_CHUNK)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _instance_masks(protos, det, input_shape, im0_shape, retina):
+    if retina:
+        boxes0 = scale_boxes(input_shape, det[:, :4].clone(), im0_shape)
+        masks0 = process_mask_native(protos, det[:, 6:], boxes0, input_shape, im0_shape)
+        return masks0, masks0
+    masks = process_mask(protos, det[:, 6:], det[:, :4], input_shape, upsample=True)
+    return masks, scale_masks(input_shape, masks, im0_shape)
 
 
 def save_one_crop(xyxy, im, file):
@@ -136,7 +175,7 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
         conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', view_img=False, save_txt=False,
         save_conf=False, save_crop=False, nosave=False, classes=None, agnostic_nms=False,
         project=ROOT / 'runs/detect', name='exp', exist_ok=False, line_thickness=3, hide_labels=False,
-        hide_conf=False, half=False, vid_stride=1):
+        hide_conf=False, half=False, vid_stride=1, retina_masks=False):
     """Detect on `source`; returns the run folder (runs/detect/expN). Arguments mirror the CLI flags."""
     if not (0 <= conf_thres <= 1 and 0 <= iou_thres <= 1):
         raise UserError(f'--conf-thres {conf_thres} and --iou-thres {iou_thres} must lie in [0, 1]')
@@ -153,15 +192,16 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', source=ROOT / 'data/im
     dataset = LoadSources(source, img_size=imgsz, stride=stride, vid_stride=vid_stride)
     save_dir = make_save_dir(project, name, exist_ok, save_txt)
     opts = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det)
-    out = OutputOptions(save_dir, names, save_txt, save_conf, save_crop, line_thickness, hide_labels, hide_conf)
+    out = OutputOptions(save_dir, names, save_txt, save_conf, save_crop, line_thickness, hide_labels, hide_conf,
+                        retina_masks)
     writer, seen, times = ResultWriter(), 0, np.zeros(3)
     try:
         for path, im, im0, cap, s in readable_items(dataset):
-            det, dt = predict(model, im, device, half, opts)
+            det, protos, dt = predict(model, im, device, half, opts)
             times += dt
             seen += 1
             frame = dataset.frame if cap is not None else None
-            im0 = handle_result(det, im.shape[1:], im0, Path(path), frame, out)
+            im0 = handle_result(det, im.shape[1:], im0, Path(path), frame, out, protos)
             if view_img:
                 cv2.imshow(str(path), im0)
                 cv2.waitKey(1)
@@ -192,7 +232,8 @@ def readable_items(dataset):
 
 
 def predict(model, im, device, half, opts):
-    """Pre-process, infer and NMS one image; returns (det [n, 6] in input pixels, seconds per stage)."""
+    """Pre-process, infer and NMS one image; returns (det [n, 6 + nm] in input pixels, the image's mask
+    prototypes [nm, h/4, w/4] or None for a detection model, seconds per stage)."""
     t0 = time.perf_counter()
     x = torch.from_numpy(im).to(device)
     x = (x.half() if half else x.float()) / 255
@@ -200,9 +241,11 @@ def predict(model, im, device, half, opts):
     t1 = time.perf_counter()
     pred = model(x)
     t2 = time.perf_counter()
-    det = non_max_suppression(pred[0][..., :5 + model.model[-1].nc], **opts)[0]  # boxes (a -seg model adds masks)
+    nm = model.model[-1].nm if model.task == 'segment' else 0
+    det = non_max_suppression(pred, nm=nm, **opts)[0]  # a -seg row keeps its nm mask coefficients
+    protos = pred[1][1][0] if nm else None  # eval-mode -seg output: (decoded, (levels, protos))
     t3 = time.perf_counter()
-    return det, np.array([t1 - t0, t2 - t1, t3 - t2])
+    return det, protos, np.array([t1 - t0, t2 - t1, t3 - t2])
 
 
 @dataclass
@@ -216,18 +259,27 @@ class OutputOptions:
     line_thickness: int = 3
     hide_labels: bool = False
     hide_conf: bool = False
+    retina_masks: bool = False
 
 
-def handle_result(det, input_shape, im0, p, frame, out):
-    """Map boxes back to im0, write labels / crops, and return the annotated image."""
+def handle_result(det, input_shape, im0, p, frame, out, protos=None):
+    """Map boxes (and a -seg model's masks, from `protos`) back to im0, write labels / crops, and return
+    the annotated image."""
     imc = im0.copy() if out.save_crop else im0  # crops come from the clean image, not the drawn one
-    det = det.clone()
+    masks = masks0 = None
+    if protos is not None:
+        masks, masks0 = instance_masks(protos, det, input_shape, im0.shape, out.retina_masks)
+    det = det[:, :6].clone()
     det[:, :4] = scale_boxes(input_shape, det[:, :4], im0.shape).round()
     if out.save_txt and len(det):  # like YOLOv5: no file for an image without detections
         stem = p.stem if frame is None else f'{p.stem}_{frame}'  # one file per frame, as YOLOv5
+        lines = (label_lines(det, im0.shape[:2], out.save_conf) if masks is None else
+                 polygon_lines(masks, det, im0.shape[:2], out.save_conf))
         with open(out.save_dir / 'labels' / f'{stem}.txt', 'w') as f:  # 'w': an --exist-ok rerun must not append
-            f.writelines(line + '\n' for line in label_lines(det, im0.shape[:2], out.save_conf))
+            f.writelines(line + '\n' for line in lines)
     annotator = Annotator(im0, line_width=out.line_thickness)
+    if masks0 is not None:  # under the boxes, so labels stay readable
+        annotator.masks(masks0, [colors(int(c), True) for c in det[:, 5].tolist()])
     for *xyxy, conf, cls in reversed(det.tolist()):  # best box drawn last, on top
         c = int(cls)
         annotator.box_label(xyxy, label_text(out.names, c, conf, out.hide_labels, out.hide_conf),
@@ -279,6 +331,8 @@ def parse_opt(argv=None):
     p.add_argument('--hide-conf', action='store_true', help='hide confidences')
     p.add_argument('--half', action='store_true', help='use FP16 half-precision inference (CUDA only)')
     p.add_argument('--vid-stride', type=int, default=1, help='video frame-rate stride')
+    p.add_argument('--retina-masks', action='store_true',
+                   help='segmentation models: make masks at the image resolution (sharper, slower)')
     opt = p.parse_args(argv)
     if isinstance(opt.weights, list):
         if len(opt.weights) > 1:

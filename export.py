@@ -5,7 +5,9 @@ Usage (YOLOv5 flags):
     python export.py --weights best.pt --include onnx torchscript --imgsz 640 --dynamic
     python export.py --weights best.pt --include onnx --half --device 0     # FP16, CUDA only
 The exported graph takes `images` [B, 3, H, W] float in 0..1 (RGB) and returns `output0`
-[B, N, 5 + nc]: xywh in input pixels, objectness and class scores (apply NMS yourself).
+[B, N, 5 + nc]: xywh in input pixels, objectness and class scores (apply NMS yourself). A segmentation
+(-seg) model has YOLOv5 v7.0's two outputs: `output0` [B, N, 5 + nc + 32] (the 32 raw mask coefficients
+last) and `output1` [B, 32, H/4, W/4], the mask prototypes.
 Only the batch axis can be dynamic: the anchor grids are traced for one input size.
 Files are written next to the weights (or to --project), e.g. best.onnx, best.torchscript.
 """
@@ -69,6 +71,11 @@ def prepare_model(weights, device, half):
     return (model.half() if half else model).eval()
 
 
+def output_names(model):
+    """v7.0's output names: a -seg model adds its mask prototypes as `output1`."""
+    return ['output0', 'output1'] if model.task == 'segment' else ['output0']
+
+
 def output_dir(weights, project):
     """--project when given; else next to a .pt file; a bare model config goes to runs/export."""
     if project:
@@ -99,10 +106,11 @@ def export_onnx(model, im, file, meta, opset, dynamic, simplify):
     """ONNX via the TorchScript-based exporter (no onnxscript needed); names/stride in metadata."""
     import onnx
 
-    axes = {'images': {0: 'batch'}, 'output0': {0: 'batch'}} if dynamic else None
+    outputs = output_names(model)
+    axes = {name: {0: 'batch'} for name in ['images', *outputs]} if dynamic else None
     with quiet_deprecations():
         torch.onnx.export(model, im, str(file), dynamo=False, opset_version=opset, do_constant_folding=True,
-                          input_names=['images'], output_names=['output0'], dynamic_axes=axes)
+                          input_names=['images'], output_names=outputs, dynamic_axes=axes)
     model_onnx = onnx.load(str(file))
     onnx.checker.check_model(model_onnx)
     if simplify:
@@ -134,13 +142,13 @@ def onnx_runner(file, device):
     cuda = device.type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers()
     providers = ['CUDAExecutionProvider', 'CPUExecutionProvider'] if cuda else ['CPUExecutionProvider']
     session = ort.InferenceSession(str(file), providers=providers)
-    return lambda x: session.run(None, {'images': x.cpu().numpy()})[0]
+    return lambda x: session.run(None, {'images': x.cpu().numpy()})
 
 
 def torchscript_runner(file, device):
     with quiet_deprecations():
         ts = torch.jit.load(str(file), map_location=device)
-    return lambda x: ts(x).detach().cpu().numpy()
+    return ts
 
 
 def check_batch_sizes(batch_size, dynamic):
@@ -148,20 +156,35 @@ def check_batch_sizes(batch_size, dynamic):
     return [batch_size, batch_size + 1] if dynamic else [batch_size]
 
 
+def as_arrays(y):
+    """A model's or a runtime's output(s) as a list of float32 arrays (a -seg model has two)."""
+    ys = y if isinstance(y, (list, tuple)) else [y]
+    return [t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+            for t in ys]
+
+
 def compare_outputs(name, run_exported, model, im, batch_sizes):
-    """Random inputs through the export and PyTorch; raise ExportCheckError beyond the tolerance."""
+    """Random inputs through the export and PyTorch, every output; raise ExportCheckError beyond the tolerance."""
     tol = TOLERANCE[im.dtype]
     for b in batch_sizes:
         x = torch.rand((b, *im.shape[1:]), device=im.device, dtype=im.dtype)
-        ref = model(x).float().cpu().numpy()
-        out = np.asarray(run_exported(x), dtype=np.float32)
-        if out.shape != ref.shape:
-            raise ExportCheckError(f'{name}: output shape {out.shape} != PyTorch {ref.shape} at batch {b}')
-        diff = np.abs(out - ref)
-        rel = float((diff / np.maximum(np.abs(ref), 1)).max())
-        print(f'{name}: check batch {b}: max abs diff {diff.max():.3g}, relative {rel:.3g} (tolerance {tol:g})')
-        if rel > tol:
-            raise ExportCheckError(f'{name}: exported output differs from PyTorch (relative {rel:.3g} > {tol:g})')
+        refs, outs = as_arrays(model(x)), as_arrays(run_exported(x))
+        if len(outs) != len(refs):
+            raise ExportCheckError(f'{name}: {len(outs)} outputs != PyTorch {len(refs)}')
+        for i, (out, ref) in enumerate(zip(outs, refs)):
+            where = f'batch {b} output{i}' if len(refs) > 1 else f'batch {b}'
+            compare_output(name, where, out, ref, tol)
+
+
+def compare_output(name, where, out, ref, tol):
+    if out.shape != ref.shape:
+        raise ExportCheckError(f'{name}: output shape {out.shape} != PyTorch {ref.shape} at {where}')
+    diff = np.abs(out - ref)
+    rel = float((diff / np.maximum(np.abs(ref), 1)).max())
+    print(f'{name}: check {where}: max abs diff {diff.max():.3g}, relative {rel:.3g} (tolerance {tol:g})')
+    if rel > tol:
+        raise ExportCheckError(f'{name}: exported output differs from PyTorch at {where} '
+                               f'(relative {rel:.3g} > {tol:g})')
 
 
 def check_export(fmt, file, model, im, dynamic, device):
@@ -193,7 +216,8 @@ def run(weights=ROOT / 'weights/demo_teacher_yolov5s.pt', imgsz=(640, 640), batc
         y = model(im)
     meta = model_metadata(model, imgsz)
     out_dir, stem = output_dir(weights, project), Path(str(weights)).stem
-    print(f'PyTorch: starting from {weights} with output shape {tuple(y.shape)}')
+    shapes = ', '.join(str(tuple(t.shape)) for t in (y if isinstance(y, tuple) else (y,)))  # -seg: 2 outputs
+    print(f'PyTorch: starting from {weights} with output shape {shapes}')
     files = {}
     for fmt in include:
         t = time.time()

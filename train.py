@@ -80,6 +80,9 @@ def build_parser():
     p.add_argument("--compile", nargs="?", const="default", default=False, choices=COMPILE_MODES,
                    help="torch.compile the student's forward and backward and the teachers' forward, in this mode "
                         "(reduce-overhead: CUDA graphs; needs fixed shapes, so not with --multi-scale or --rect)")
+    p.add_argument("--device-augment", action="store_true",
+                   help="mosaic, perspective, HSV and flips on the training device (workers only decode and draw "
+                        "the random numbers): for when the CPU loader bounds training; detection only")
     # segmentation (-seg models), as YOLOv5 v7.0's segment/train.py
     p.add_argument("--mask-ratio", type=int, default=4, help="segmentation: masks at 1/N of the input size")
     p.add_argument("--no-overlap", action="store_true",

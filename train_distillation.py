@@ -8,6 +8,7 @@ Every train.py flag works here; the distillation flags add terms to the detectio
     python train_distillation.py ... --d_feature cwd --d_standardize   # + feature distillation
     python train_distillation.py ... --t_weights yolov5m.pt yolov5l.pt  # two teachers
     python train_distillation.py ... --d_unlabeled ../datasets/more_images  # + unlabeled images
+    python train_distillation.py --cfg yolov5n-seg.yaml --weights yolov5n.pt --t_weights yolov5s-seg.pt  # + masks
 The formulas of each term are in README.md ("Distillation methods").
 """
 import argparse
@@ -53,6 +54,19 @@ def build_parser():
     g.add_argument("--d_multi", choices=["average", "per_teacher", "sum"], default="average",
                    help="several teachers: average their outputs then one loss, or one loss per teacher "
                         "averaged (per_teacher; 'sum' is its deprecated name)")
+    g.add_argument("--d_mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask distillation: the student's mask probabilities learn the teacher's inside its boxes "
+                        "(binary KL at --d_temperature, x T^2); default: on for -seg students")
+    g.add_argument("--d_mask_weight", type=float, default=1.0,
+                   help="gain of mask distillation (x the segmentation loss's gain, hyp box)")
+    g.add_argument("--d_proto", nargs="?", const="mse", default=None, choices=["mse", "cosine", "cwd"],
+                   help="prototype imitation: a feature term (with an adapter) from the student's mask prototypes "
+                        "to the teacher's, with this loss")
+    g.add_argument("--d_proto_weight", type=float, default=None,
+                   help=f"gain of prototype imitation (default per loss: {FEATURE_WEIGHTS})")
+    g.add_argument("--d_mix", nargs="+", type=float, default=None, metavar="ALPHA",
+                   help="ALPHA_DET [ALPHA_SEG]: each task's loss becomes (1 - alpha) * hard + alpha * soft "
+                        "(the multi-task KD recipe); default: the soft terms are added to the hard loss")
     g.add_argument("--d_off_last", type=int, default=0, help="switch distillation off for the last N epochs")
     g.add_argument("--d_unlabeled", nargs="+", default=None, metavar="PATH",
                    help="unlabeled images (folders, txt lists) the teachers also teach on; default: the dataset "

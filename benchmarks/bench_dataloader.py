@@ -41,15 +41,21 @@ def measure(train_path, nc, hyp, imgsz, batch, workers, epochs, cache=None):
     return time.perf_counter() - t0, n, loader.num_workers
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def loader_parser(description):
+    """The flags of the loader benchmarks (this one and bench_augment.py), --workers aside."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument('--data', default=default_data(), help='dataset YAML (default: shared coco128, else synthetic)')
     ap.add_argument('--hyp', default=str(ROOT / 'data' / 'hyps' / 'hyp.scratch-low.yaml'))
     ap.add_argument('--imgsz', type=int, default=640)
     ap.add_argument('--batch', type=int, default=16)
-    ap.add_argument('--workers', type=int, nargs='+', default=[0, os.cpu_count() or 1])
     ap.add_argument('--epochs', type=int, default=2, help='passes over the training set per measurement')
     ap.add_argument('--cache', choices=('ram', 'disk'), help='decode images once (--cache of train.py)')
+    return ap
+
+
+def main(argv=None):
+    ap = loader_parser(__doc__.splitlines()[0])
+    ap.add_argument('--workers', type=int, nargs='+', default=[0, os.cpu_count() or 1])
     a = ap.parse_args(argv)
     data = check_dataset(a.data)
     hyp = yaml.safe_load(Path(a.hyp).read_text())

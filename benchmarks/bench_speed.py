@@ -33,15 +33,17 @@ import yaml  # noqa: E402
 
 import train  # noqa: E402
 import train_distillation  # noqa: E402
+import peers  # noqa: E402
 from bench_dataloader import default_data, measure  # noqa: E402
+from replicas import replicated_dataset  # noqa: E402
 from distill.builder import DistillationBuilder  # noqa: E402
 from models.checkpoint import load_model  # noqa: E402
 from models.yolo import Model, model_summary  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.objective import Batch, DetectionObjective, ObjectiveBuilder  # noqa: E402
-from utils.torch_utils import (ModelEMA, autocast_dtype, init_seeds, select_device, smart_optimizer,  # noqa: E402
-                               to_channels_last)
+from utils.torch_utils import (ModelEMA, autocast_dtype, compiled, init_seeds, select_device,  # noqa: E402
+                               smart_optimizer, to_channels_last)
 from utils.trainer import Trainer  # noqa: E402
 
 SECTIONS = ('data', 'step', 'e2e', 'val', 'floor')
@@ -65,21 +67,6 @@ def reset_peak_memory(device):
 
 
 # ---------------------------------------------------------------- datasets
-def replicated_dataset(data_yaml, n_train, n_val, out_dir):
-    """A dataset YAML whose train/val lists repeat the source images up to n_train / n_val images."""
-    data = check_dataset(data_yaml)
-    out = {'path': str(out_dir), 'nc': data['nc'], 'names': list(data['names'])}
-    from utils.label_cache import list_image_files
-    for split, n in (('train', n_train), ('val', n_val)):
-        files = list_image_files(data[split])
-        repeated = [files[i % len(files)] for i in range(n)]
-        (out_dir / f'{split}.txt').write_text('\n'.join(repeated) + '\n')
-        out[split] = f'{split}.txt'
-    path = out_dir / 'replicated.yaml'
-    path.write_text(yaml.safe_dump(out))
-    return path
-
-
 def teacher_for(teacher, nc, out_dir):
     """A teacher YAML gets the dataset's class count (a copy with `nc` set); a .pt is used as given."""
     if not str(teacher).endswith(('.yaml', '.yml')):
@@ -107,7 +94,7 @@ def synthetic_batch(batch, imgsz, nc, device, per_image=8, seed=0):
     return imgs, targets.to(device)
 
 
-def step_state(student_cfg, nc, imgsz, device, amp=True, teacher=None, compile_forward=False):
+def step_state(student_cfg, nc, imgsz, device, amp=True, teacher=None, compile_mode=False):
     """The attributes Trainer._train_step / _optimizer_step read, built as Trainer._setup builds them."""
     hyp = yaml.safe_load(HYP.read_text())
     hyp.update(anchor_t=hyp.get('anchor_t', 4.0), label_smoothing=0.0)
@@ -120,7 +107,8 @@ def step_state(student_cfg, nc, imgsz, device, amp=True, teacher=None, compile_f
     model.train()
     builder = ObjectiveBuilder()
     if teacher:  # the public builder with train_distillation.py's defaults
-        builder = DistillationBuilder(train_distillation.build_parser().parse_args(['--t_weights', str(teacher)]))
+        argv = ['--t_weights', str(teacher), *(['--compile', compile_mode] if compile_mode else [])]
+        builder = DistillationBuilder(train_distillation.build_parser().parse_args(argv))
         builder.prepare_student(model, None, device, resuming=False)
     objective = builder.build(DetectionObjective(ComputeLoss(model)), model, hyp, unlabeled_images=0)
     optimizer = smart_optimizer(model, 'SGD', hyp['lr0'], hyp['momentum'], hyp['weight_decay'],
@@ -128,7 +116,7 @@ def step_state(student_cfg, nc, imgsz, device, amp=True, teacher=None, compile_f
     model = to_channels_last(model, device)
     amp_dtype = autocast_dtype(device, amp)
     return SimpleNamespace(
-        model=model, forward=torch.compile(model) if compile_forward else model, device=device,
+        model=model, forward=compiled(model, compile_mode), device=device,
         cuda=device.type == 'cuda', amp_dtype=amp_dtype, objective=objective, ddp_objective_parts=[],
         optimizer=optimizer, ema=ModelEMA(model), current_ni=0, last_opt_step=-1,
         scaler=torch.amp.GradScaler('cuda', enabled=amp_dtype == torch.float16))
@@ -148,7 +136,7 @@ def time_steps(state, imgs, targets, warmup, iters):
 def bench_step(a, device, teacher=None):
     """Images/s and peak GPU memory of the step alone (distillation when a teacher is given)."""
     init_seeds(0)
-    state = step_state(a.student, a.nc, a.imgsz, device, amp=a.amp, teacher=teacher, compile_forward=a.compile)
+    state = step_state(a.student, a.nc, a.imgsz, device, amp=a.amp, teacher=teacher, compile_mode=a.compile)
     imgs, targets = synthetic_batch(a.batch, a.imgsz, a.nc, device)
     reset_peak_memory(device)
     rate = time_steps(state, imgs, targets, a.warmup, a.iters)
@@ -188,7 +176,8 @@ def bench_end_to_end(a, device, data_yaml, project, teacher=None):
     argv = ['--data', str(data_yaml), '--cfg', a.student, '--weights', '', '--epochs', '1', '--imgsz', str(a.imgsz),
             '--batch-size', str(a.batch), '--workers', str(a.workers), '--device', a.device, '--cache', 'ram',
             '--project', str(project), '--name', 'distill' if distill else 'train', '--exist-ok', '--noplots',
-            '--noautoanchor', '--noval', *(['--amp'] if a.amp else ['--no-amp']), *(['--compile'] if a.compile else [])]
+            '--noautoanchor', '--noval', *(['--amp'] if a.amp else ['--no-amp']),
+            *(['--compile', a.compile] if a.compile else [])]
     if distill:
         argv += ['--t_weights', str(teacher)]
     opt = train.prepare_run(train.parse_opt(argv, parser=parser))
@@ -211,15 +200,20 @@ def run_val(a, data_yaml, weights, project):
     return time.perf_counter() - t0
 
 
-def bench_val(a, source_yaml, weights, work):
-    """Whole-pass images/s: the extra images of a longer run over the extra time (start-up cancels)."""
-    short, long_ = a.batch * 2 * a.iters, a.batch * 2 * a.iters * 3
+def bench_val(a, source_yaml, weights, work, run=None, tag='ours'):
+    """Whole-pass images/s: the extra images of a longer run over the extra time (start-up cancels).
+
+    `run(a, data_yaml, weights, folder) -> seconds` is this project's val.py by default (peers.py gives
+    v7.0's); each caller gets its own replicated folders, so that each scans its own labels."""
+    run = run or run_val
+    short = getattr(a, 'val_images', None) or a.batch * 2 * a.iters
+    long_ = short * 3
     times = []
     for n in (short, long_):
-        folder = work / f'val{n}'
+        folder = work / f'val_{tag}_{n}'
         folder.mkdir(exist_ok=True)
         yaml_path = replicated_dataset(source_yaml, a.batch, n, folder)
-        times.append(run_val(a, yaml_path, weights, folder))
+        times.append(run(a, yaml_path, weights, folder))
     extra = times[1] - times[0]
     # at tiny sizes start-up noise can exceed the extra work: no rate is better than a huge false one
     return (long_ - short) / extra if extra > 0 else float('nan')
@@ -260,8 +254,19 @@ def parse_args(argv=None):
                                                       'coco128, else the demo teacher)')
     ap.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument('--amp', action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument('--compile', action='store_true', help='torch.compile the student forward')
+    ap.add_argument('--compile', nargs='?', const='default', default=False, choices=train.COMPILE_MODES,
+                    help='torch.compile the student forward (step rows) / train.py --compile MODE (e2e rows)')
     ap.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument('--val-images', type=int, default=0, help='images of the shorter val.py run (the longer has 3x; '
+                                                             'default 2 x batch x iters)')
+    peer = ap.add_argument_group('peers (--peers: only the table against YOLOv5 v7.0 and the Adlik fork)')
+    peer.add_argument('--peers', nargs='?', const=str(peers.DEFAULT_DIR), default=None, metavar='DIR',
+                      help='time the peers from the archives in DIR beside ours; one table, ratios ours/peer last')
+    peer.add_argument('--peer-wheels', default=os.environ.get('PEER_WHEELS', str(ROOT / '.peer_wheels')),
+                      help="wheels of the peers' packages (benchmarks/peer_wheels.sh), used when they are missing")
+    peer.add_argument('--peer-logs', default='', help="keep the peers' output and timings in this folder")
+    peer.add_argument('--peer-teacher-weights', default=str(SHARED_YOLOV5N),
+                      help="an official checkpoint for the fork's --t_weights (its --t_cfg is --teacher's YAML)")
     return ap.parse_args(argv)
 
 
@@ -275,6 +280,8 @@ def main(argv=None):
     a = parse_args(argv)
     device = select_device(a.device)
     a.device = 'cpu' if device.type == 'cpu' else str(device.index)
+    if a.peers:
+        return peers_table(a, device)
     rows = []  # (what, images/s, peak GB, floor images/s or None)
     floor_dtype = autocast_dtype(device, a.amp) or torch.float32
     t_name = Path(a.teacher).stem
@@ -317,11 +324,39 @@ def main(argv=None):
     return rows
 
 
-def print_table(a, device, rows, floor_dtype):
+def peers_table(a, device):
+    """--peers: this project's train.py, train_distillation.py and val.py against the peers' on the same
+    replicated data, one after the other in this run; rows (what, ours, peer, ours GB, peer GB)."""
+    with tempfile.TemporaryDirectory(prefix='bench_peers_') as tmp:
+        work = Path(tmp)
+        env = peers.setup(work / 'peers', a.peers, a.peer_wheels, logs=a.peer_logs or None)
+        data_yaml = replicated_dataset(a.data, a.batch * (a.warmup + a.iters), a.batch * 2, work / 'data')
+        teacher = teacher_for(a.teacher, check_dataset(data_yaml)['nc'], work)
+        s, t = Path(a.student).stem, Path(a.teacher).stem
+        ours = bench_end_to_end(a, device, data_yaml, work / 'runs')
+        theirs = peers.time_v7_train(env, a, data_yaml, work / 'peer_runs')
+        rows = [(f'train.py {s} from scratch vs v7.0 train.py', *zip(ours, theirs))]
+        ours = bench_end_to_end(a, device, data_yaml, work / 'runs', teacher)
+        theirs = peers.time_fork_distillation(env, a, data_yaml, work / 'peer_runs')
+        rows.append((f'train_distillation.py {s} + teacher {t} vs Adlik train_distillation.py', *zip(ours, theirs)))
+        weights = a.val_weights or default_val_weights(a.data)
+        ours = bench_val(a, a.data, weights, work)
+        theirs = bench_val(a, a.data, weights, work, run=peers.v7_val_runner(env), tag='v7')
+        rows.append((f'val.py whole pass ({Path(weights).name}) vs v7.0 val.py', (ours, theirs), (None, None)))
+    rows = [(what, *rate, *mem) for what, rate, mem in rows]
+    peers.print_table(f'{run_header(a, device)}; peers from {a.peers}, each from batch {a.warmup} on', rows)
+    return rows
+
+
+def run_header(a, device):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({os.cpu_count()} cores)'
-    print(f'\n{name}, torch {torch.__version__}, imgsz {a.imgsz}, batch {a.batch}, {a.iters} timed iterations '
-          f'after {a.warmup}, AMP {str(autocast_dtype(device, a.amp) or "off").replace("torch.", "")}, '
-          f'compile {a.compile}, floor at the {str(floor_dtype)[6:]} matmul rate\n')
+    return (f'{name}, torch {torch.__version__}, imgsz {a.imgsz}, batch {a.batch}, {a.iters} timed iterations '
+            f'after {a.warmup}, AMP {str(autocast_dtype(device, a.amp) or "off").replace("torch.", "")}, '
+            f'compile {a.compile}')
+
+
+def print_table(a, device, rows, floor_dtype):
+    print(f'\n{run_header(a, device)}, floor at the {str(floor_dtype)[6:]} matmul rate\n')
     print('| measurement | images/s | peak GPU GB | fraction of FLOP floor |')
     print('|---|---:|---:|---:|')
     for what, rate, mem, floor in rows:

@@ -6,7 +6,7 @@ feature maps `[B, C, H, W]`), `loss` is a 0-dim tensor in per-image units (the o
 into the batch's units, see utils/objective.py) and `items` an ordered dict `name -> detached 0-dim
 tensor` for logging. Teacher tensors are always detached here. Gains are fixed at construction.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +22,14 @@ class DistillInputs:
     preds: Sequence[torch.Tensor] = ()     # raw Detect levels [B, na, ny, nx, 5 + nc (+ nm mask coefficients)]
     features: Sequence[torch.Tensor] = field(default_factory=tuple)  # tapped maps [B, C, H, W]
     protos: Optional[torch.Tensor] = None  # a segmentation head's prototypes [B, nm, H/4, W/4]
+
+
+def detection_view(inputs, nc):
+    """The box, objectness and class columns of the levels (a segmentation head appends its mask
+    coefficients after them): what the detection terms compare. The same object when there is nothing else."""
+    if not inputs.preds or inputs.preds[0].shape[-1] == 5 + nc:
+        return inputs
+    return replace(inputs, preds=[lvl[..., :5 + nc] for lvl in inputs.preds])
 
 
 class DistillLoss(nn.Module):
@@ -276,10 +284,11 @@ class FeatureAdapters(nn.Module):
 
     def __init__(self, terms):
         super().__init__()
-        self.terms = terms
+        self.terms = nn.ModuleList(terms)  # the same modules the objective registers (shared, not copied)
 
-    def forward(self, student_maps):
-        return [term.adapt(student_maps) for term in self.terms]
+    def forward(self, maps_per_term):
+        """One list of student maps per term (neck features, or a segmentation head's prototypes)."""
+        return [term.adapt(maps) for term, maps in zip(self.terms, maps_per_term)]
 
 
 # ----------------------------------------------------------------------------------------------

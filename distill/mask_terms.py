@@ -8,6 +8,7 @@ and the student's per-pixel probabilities learn the teacher's there.
 import torch
 
 from distill.losses import DistillLoss, bernoulli_kl
+from distill.pseudo import flat_cells
 from utils.boxes import xywh2xyxy
 from utils.masks import crop_mask
 
@@ -52,7 +53,7 @@ class MaskDistillation(DistillLoss):
     @torch.no_grad()
     def _confident_cells(self, t_levels):
         """(image, index into the levels' cells) of the teacher's most confident cells, or None if none."""
-        scores = _cells(t_levels)[..., 4].detach().float().sigmoid()  # [B, N] over all levels
+        scores = flat_cells(t_levels)[..., 4].detach().float().sigmoid()  # [B, N] over all levels
         top, index = scores.topk(min(self.max_cells, scores.shape[1]), dim=1)
         image, slot = torch.nonzero(top >= self.min_conf, as_tuple=True)
         return (image, index[image, slot]) if image.numel() else None
@@ -61,8 +62,8 @@ class MaskDistillation(DistillLoss):
         """Per selected cell: image, teacher weight, both models' coefficients, the teacher's xyxy box (input px)."""
         image, cell = cells
         first = 5 + self.nc
-        t_rows = _cells(t_levels)[image, cell].detach().float()
-        s_rows = _cells(s_levels)[image, cell].float()
+        t_rows = flat_cells(t_levels)[image, cell].detach().float()
+        s_rows = flat_cells(s_levels)[image, cell].float()
         with torch.no_grad():
             decoded = self._head[0].decode([lvl.detach().float() for lvl in t_levels])[image, cell]
         return image, t_rows[:, 4].sigmoid(), t_rows[:, first:], s_rows[:, first:], xywh2xyxy(decoded[:, :4])
@@ -74,8 +75,3 @@ class MaskDistillation(DistillLoss):
         kl = bernoulli_kl(t_logits / self.T, s_logits / self.T)
         inside = crop_mask(torch.ones_like(kl), boxes * proto_scale)
         return (kl * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1.0)
-
-
-def _cells(levels):
-    """Raw levels [B, na, ny, nx, no] -> [B, N, no], cells in Detect.decode's order."""
-    return torch.cat([lvl.reshape(lvl.shape[0], -1, lvl.shape[-1]) for lvl in levels], 1)

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from distill.losses import (DistillInputs, FeatureAdapters, FeatureDistillation, MultiTeacher, OutputDistillation,
-                            SoftLabelKL, average_teachers, loss_gains, multi_mode)
-from distill.pseudo import pseudo_targets
+                            SoftLabelKL, average_teachers, detection_view, loss_gains, multi_mode)
+from distill.mask_terms import MaskDistillation
+from distill.pseudo import add_pseudo_masks, pseudo_masks, pseudo_targets
 from distill.teacher import TeacherMismatchError, detect_head, run_teacher
 from utils.objective import Objective
 
@@ -43,31 +44,41 @@ def match_feature_taps(student, teacher, s_layers, t_layers, teacher_name):
 
 
 class DistillationObjective(Objective):
-    """The task objective + output distillation + soft-label KL + feature distillation, as enabled.
+    """The task objective + output distillation + soft-label KL + feature, mask and prototype terms, as enabled.
 
-    `output_terms`: name -> MultiTeacher over OutputDistillation / SoftLabelKL (they follow --d_multi);
-    `feature_terms`: one FeatureDistillation per teacher (teachers of other widths cannot share adapters),
-    averaged. Teachers are kept in a plain list: they are neither trained, nor saved, nor parameters.
-    `pseudo_conf`: the teachers' detections above it become the unlabeled images' labels (None: the
-    unlabeled images get the distillation terms only). `off_last_epochs`: the student trains alone then.
-    `teacher_forwards`: each teacher's compiled forward (--compile), None to call the teacher itself.
+    `output_terms`: name -> MultiTeacher over OutputDistillation / SoftLabelKL (they follow --d_multi), on
+    the detection columns of the levels; `feature_terms`: one FeatureDistillation per teacher (teachers of
+    other widths cannot share adapters), averaged; `mask_terms`: name -> MultiTeacher over MaskDistillation;
+    `proto_terms`: one FeatureDistillation per teacher on the prototypes, averaged. Teachers are kept in a
+    plain list: they are neither trained, nor saved, nor parameters.
+    `pseudo_conf`: the teachers' detections (and masks) above it become the unlabeled images' labels (None:
+    the unlabeled images get the distillation terms only). `off_last_epochs`: the student trains alone then.
+    `mix`: task ('detect', 'segment') -> alpha: that task's loss becomes (1 - alpha) * hard + alpha * soft
+    (--d_mix); without it the soft terms are added to the hard loss. `teacher_forwards`: each teacher's
+    compiled forward (--compile), None to call the teacher itself.
     """
 
     def __init__(self, task, teachers, output_terms, feature_terms=(), feature_layers=(), teacher_layers=None,
-                 pseudo_conf=None, off_last_epochs=0, teacher_forwards=None):
+                 pseudo_conf=None, off_last_epochs=0, teacher_forwards=None, mask_terms=None, proto_terms=(),
+                 mix=None):
         super().__init__()
-        if not output_terms and not feature_terms:
-            raise ValueError("a distillation objective needs an output or a feature term")
+        if not (output_terms or feature_terms or mask_terms or proto_terms):
+            raise ValueError("a distillation objective needs an output, feature, mask or prototype term")
         self.task = task
         self.teachers = list(teachers)
+        self.nc = detect_head(self.teachers[0]).nc if self.teachers else None
         self.teacher_forwards = list(teacher_forwards or [None] * len(self.teachers))  # compiled (--compile)
         self.output_terms = nn.ModuleDict(output_terms)
         self.feature_terms = nn.ModuleList(feature_terms)
+        self.mask_terms = nn.ModuleDict(mask_terms or {})
+        self.proto_terms = nn.ModuleList(proto_terms)
         self.feature_layers = tuple(feature_layers) if feature_terms else ()
         self.teacher_layers = list(teacher_layers) if teacher_layers else [None] * len(self.teachers)
         self.pseudo_conf, self.off_last_epochs, self.active = pseudo_conf, off_last_epochs, True
+        self.mix = dict(mix or {})
         # not a submodule: the terms own the adapters (and their checkpoint keys); this routes them through DDP
-        self._adapt = [FeatureAdapters(self.feature_terms)] if feature_terms else []
+        adapted = [*feature_terms, *proto_terms]
+        self._adapt = [FeatureAdapters(adapted)] if adapted else []
         self.item_names = tuple(task.item_names) + tuple(self._term_names())
 
     def _term_names(self):
@@ -78,6 +89,10 @@ class DistillationObjective(Objective):
             names += ["kd_cls"]
         if self.feature_terms:
             names += ["feat"]
+        if self.mask_terms:
+            names += ["kd_mask"]
+        if self.proto_terms:
+            names += ["proto"]
         if self.pseudo_conf is not None:
             names += ["pseudo"]  # boxes per unlabeled image (0 in batches without any)
         return names
@@ -103,35 +118,72 @@ class DistillationObjective(Objective):
         teacher_outs = [run_teacher(t, batch.imgs, layers, forward)
                         for t, layers, forward in zip(self.teachers, self.teacher_layers, self.teacher_forwards)]
         batch, pseudo_per_image = self._pseudo_labelled(batch, teacher_outs)
-        task_loss, task_items = self.task(batch, raw, features)
-        student = DistillInputs(list(self.task.detection_levels(raw)), list(features or []))
+        hard, task_items = self.task.task_losses(batch, raw)
+        student = DistillInputs(list(self.task.detection_levels(raw)), list(features or []), self.task.protos(raw))
         soft, soft_items = self._soft_terms(student, teacher_outs)
         if pseudo_per_image is not None:
             soft_items.append(pseudo_per_image)
-        # every distillation term is per image over all B images: in the batch's units, x B
-        loss = task_loss + soft * batch.size
+        loss = self._combined(hard, soft, batch.size)
         return loss, torch.cat((task_items, torch.stack([v.detach().float().reshape(()) for v in soft_items])))
 
     # ------------------------------------------------------------ the parts
+    def _combined(self, hard, soft, batch_size):
+        """Each task's hard loss (in the batch's units) with its soft terms (per image, so x B): added, or
+        (1 - alpha) * hard + alpha * soft for the tasks --d_mix names."""
+        total = 0
+        for task in {**hard, **soft}:
+            h, s = hard.get(task, 0), soft.get(task)
+            if s is None:
+                total = total + h
+            elif task in self.mix:
+                total = total + (1 - self.mix[task]) * h + self.mix[task] * s * batch_size
+            else:
+                total = total + (h + s * batch_size)
+        return total
+
     def _soft_terms(self, student, teacher_outs):
-        """The per-image sum of the distillation terms and their items, in item_names order."""
-        total, items = student.preds[0].new_zeros(()).float(), []
+        """The per-image distillation terms summed per task ('detect', 'segment'), and their items in
+        item_names order."""
+        soft, items = {}, []
+
+        def add(task, loss, parts):
+            soft[task] = soft[task] + loss if task in soft else loss
+            items.extend(parts)
+
+        det_student = detection_view(student, self.nc)
+        det_teachers = [detection_view(t, self.nc) for t in teacher_outs]
         for term in self.output_terms.values():
-            loss, parts = term(student, teacher_outs)
-            total = total + loss
-            items += parts.values()
+            loss, parts = term(det_student, det_teachers)
+            add("detect", loss, parts.values())
+        adapted = self._adapted(student)
         if self.feature_terms:
-            adapted = self._adapt[0](student.features)
-            losses = [term.loss_of_adapted(a, t.features)[0]
-                      for term, a, t in zip(self.feature_terms, adapted, teacher_outs)]
-            feat = sum(losses) / len(losses)
-            total = total + feat
-            items.append(feat.detach())
-        return total, items
+            feat = self._mean_of_adapted(self.feature_terms, adapted, [t.features for t in teacher_outs])
+            add("detect", feat, [feat.detach()])
+        for term in self.mask_terms.values():
+            loss, parts = term(student, teacher_outs)
+            add("segment", loss, parts.values())
+        if self.proto_terms:
+            proto = self._mean_of_adapted(self.proto_terms, adapted[len(self.feature_terms):],
+                                          [[t.protos] for t in teacher_outs])
+            add("segment", proto, [proto.detach()])
+        return soft, items
+
+    def _adapted(self, student):
+        """The student's maps through every adapter term, in one call of the (DDP-wrapped) adapters."""
+        if not self._adapt:
+            return []
+        inputs = [student.features] * len(self.feature_terms) + [[student.protos]] * len(self.proto_terms)
+        return self._adapt[0](inputs)
+
+    @staticmethod
+    def _mean_of_adapted(terms, adapted, teacher_maps):
+        losses = [term.loss_of_adapted(a, t)[0] for term, a, t in zip(terms, adapted, teacher_maps)]
+        return sum(losses) / len(losses)
 
     def _pseudo_labelled(self, batch, teacher_outs):
-        """--d_pseudo: the unlabeled images take the teachers' confident boxes as targets, so the task
-        loss reads every image. Returns (batch, boxes per unlabeled image), or (batch, None) without it."""
+        """--d_pseudo: the unlabeled images take the teachers' confident boxes (and, for segmentation, their
+        masks) as targets, so the task loss reads every image. Returns (batch, boxes per unlabeled image),
+        or (batch, None) without it."""
         if self.pseudo_conf is None:
             return batch, None
         zero = batch.targets.new_zeros(())
@@ -139,9 +191,14 @@ class DistillationObjective(Objective):
             return batch, zero
         levels = teacher_outs[0].preds if len(teacher_outs) == 1 else average_teachers(teacher_outs).preds
         ids = torch.nonzero(~batch.labelled).view(-1).to(batch.imgs.device)
-        extra = pseudo_targets(detect_head(self.teachers[0]), levels, ids, batch.imgs.shape[2:], self.pseudo_conf)
+        extra, cells = pseudo_targets(detect_head(self.teachers[0]), levels, ids, batch.imgs.shape[2:],
+                                      self.pseudo_conf, with_cells=True)
+        masks = None
+        if batch.masks is not None:
+            new = pseudo_masks(teacher_outs, self.nc, extra, cells, batch.masks.shape[-2:])
+            masks = add_pseudo_masks(batch.masks, extra, new, self.task.overlap)
         targets = torch.cat((batch.targets, extra.to(batch.targets.dtype)))
-        return batch.relabelled(targets, torch.ones_like(batch.labelled)), zero + extra.shape[0] / len(ids)
+        return batch.relabelled(targets, torch.ones_like(batch.labelled), masks), zero + extra.shape[0] / len(ids)
 
 
 def output_terms_from(gains, d_output, d_weight, d_kl, temperature, alpha, multi_teacher, fork_units=False):
@@ -172,4 +229,21 @@ def feature_terms_from(student, teachers, loss, weight, s_layers, t_layers, stan
     return terms, s_layers, teacher_layers
 
 
-__all__ = ["DistillationObjective", "output_terms_from", "feature_terms_from", "match_feature_taps", "loss_gains"]
+def mask_terms_from(student, teachers, gains, temperature, weight):
+    """The mask term (name -> MultiTeacher): each teacher's own masks (prototype bases differ, so teachers are
+    never averaged: one loss per teacher, averaged), in the segmentation loss's units (its gain is hyp box)."""
+    term = MaskDistillation(detect_head(teachers[0]), detect_head(student).nc, T=temperature,
+                            gain=gains["box"] * weight)
+    return {"mask": MultiTeacher(term, "per_teacher")}
+
+
+def proto_terms_from(student, teachers, loss, weight, standardize, tau):
+    """Prototype imitation: one FeatureDistillation per teacher from the student's prototypes to the teacher's
+    (a 1x1 adapter, the identity at the start when the counts match)."""
+    nm = detect_head(student).nm
+    return [FeatureDistillation([nm], [detect_head(t).nm], loss=loss, tau=tau, standardize=standardize,
+                                weight=weight) for t in teachers]
+
+
+__all__ = ["DistillationObjective", "output_terms_from", "feature_terms_from", "mask_terms_from", "proto_terms_from",
+           "match_feature_taps", "loss_gains"]

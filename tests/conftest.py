@@ -44,11 +44,11 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_seg_data(tmp_path_factory):
-    """The tiny set's segmentation twin (same images, YOLO-seg polygon labels), generated once per session."""
+    """The tiny synthetic set with YOLO-seg polygon labels (the same images)."""
     from utils.synthetic import CLASS_NAMES
     root = tmp_path_factory.mktemp("tiny_synthetic_seg")
     cfg = {"path": str(root / "data"), "train": "images/train", "val": "images/val",
-           "names": list(CLASS_NAMES), "synthetic": dict(TINY_SYNTHETIC, polygons=True)}
+           "names": list(CLASS_NAMES), "synthetic": {**TINY_SYNTHETIC, "polygons": True}}
     yaml_file = root / "tiny-seg.yaml"
     yaml_file.write_text(yaml.safe_dump(cfg))
     return yaml_file

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from distill.losses import loss_gains
 from distill import (DistillInputs, FeatureDistillation, MultiTeacher, OutputDistillation,
                      SoftLabelKL, average_teachers, build_adapters, compute_distillation_output_loss,
                      cosine_feature_loss, cwd_feature_loss, mse_feature_loss, standardize_channels)
@@ -83,8 +84,7 @@ def test_output_loss_gradient_reaches_student_only():
 def test_output_distillation_per_image_units_and_fork_units():
     s, t = hand_made_pair()
     s2, t2 = torch.cat([s, s]), torch.cat([t, t])   # two identical images: same means
-    model = FakeModel(HYP)
-    per_image = OutputDistillation(model, d_weight=10)
+    per_image = OutputDistillation(loss_gains(HYP), d_weight=10)
     loss, items = per_image(DistillInputs([s2]), DistillInputs([t2]))
     # per image: the same value at batch 1 and 2 (the trainer multiplies by B like the detection loss)
     one, _ = per_image(DistillInputs([s]), DistillInputs([t]))
@@ -93,38 +93,38 @@ def test_output_distillation_per_image_units_and_fork_units():
     assert sum(v.item() for v in items.values()) == pytest.approx(loss.item(), rel=1e-6)
     assert all(not v.requires_grad for v in items.values())
     # the reference fork adds 21.15625 once per batch; fork units return L / B so that x B gives it
-    fork, _ = OutputDistillation(model, d_weight=10, fork_units=True)(DistillInputs([s2]), DistillInputs([t2]))
+    fork, _ = OutputDistillation(loss_gains(HYP), d_weight=10, fork_units=True)(DistillInputs([s2]), DistillInputs([t2]))
     assert fork.item() * 2 == pytest.approx(21.15625, rel=1e-6)
 
 
 def test_output_distillation_upcasts_half_teacher_levels():
     s, t = hand_made_pair()
-    model = FakeModel(HYP)
-    full, _ = OutputDistillation(model, d_weight=10)(DistillInputs([s]), DistillInputs([t]))
-    half, _ = OutputDistillation(model, d_weight=10)(DistillInputs([s]), DistillInputs([t.half()]))
+    full, _ = OutputDistillation(loss_gains(HYP), d_weight=10)(DistillInputs([s]), DistillInputs([t]))
+    half, _ = OutputDistillation(loss_gains(HYP), d_weight=10)(DistillInputs([s]), DistillInputs([t.half()]))
     assert half.dtype == torch.float32 and half.item() == pytest.approx(full.item(), rel=1e-3)
 
 
-def test_output_distillation_reads_hyp_lazily_and_owns_no_student_weights():
+def test_output_distillation_takes_its_gains_at_construction_and_owns_no_weights():
     s, t = hand_made_pair()
-    model = FakeModel(HYP)
-    method = OutputDistillation(model, d_weight=1)
+    hyp = dict(HYP)
+    method = OutputDistillation(loss_gains(hyp), d_weight=1)
     assert len(method.state_dict()) == 0 and len(list(method.parameters())) == 0
     before, _ = method(DistillInputs([s]), DistillInputs([t]))
-    model.hyp = {'box': 0.0, 'obj': 0.0, 'cls': 1.0}   # e.g. trainer scaling after construction
-    after, _ = method(DistillInputs([s]), DistillInputs([t]))
-    assert after.item() == pytest.approx(0.6875, rel=1e-6) and before.item() != after.item()
+    hyp.update(box=0.0, obj=0.0, cls=1.0)   # a later change of hyp does not reach a built term
+    assert method(DistillInputs([s]), DistillInputs([t]))[0].item() == before.item()
+    only_cls = OutputDistillation(loss_gains(hyp), d_weight=1)(DistillInputs([s]), DistillInputs([t]))[0]
+    assert only_cls.item() == pytest.approx(0.6875, rel=1e-6)
 
 
 def test_output_distillation_unweighted_class_option():
     s, t = hand_made_pair()
-    model = FakeModel({'box': 0.0, 'obj': 0.0, 'cls': 1.0})
-    loss, _ = OutputDistillation(model, d_weight=1, cls_weighting='none')(
+    gains = loss_gains({'box': 0.0, 'obj': 0.0, 'cls': 1.0})
+    loss, _ = OutputDistillation(gains, d_weight=1, cls_weighting='none')(
         DistillInputs([s]), DistillInputs([t]))
     # class squared errors 4 and 1 without weights, over 4 elements: 5 / 4
     assert loss.item() == pytest.approx(1.25, rel=1e-6)
     with pytest.raises(ValueError):
-        OutputDistillation(model, cls_weighting='student')
+        OutputDistillation(gains, cls_weighting='student')
 
 
 # ------------------------------------------------------------------------------ soft-label KD
@@ -198,12 +198,8 @@ def test_kl_t_squared_keeps_gradient_scale_across_temperatures():
 def test_kl_takes_the_class_gain_of_the_detection_loss():
     s, t = kd_pair()
     plain = SoftLabelKL(T=2.0)(DistillInputs([s]), DistillInputs([t]))[0]
-    model = FakeModel(HYP)  # cls gain 0.5
-    scaled = SoftLabelKL(T=2.0, model=model)(DistillInputs([s]), DistillInputs([t]))[0]
+    scaled = SoftLabelKL(T=2.0, gains=loss_gains(HYP))(DistillInputs([s]), DistillInputs([t]))[0]  # cls 0.5
     assert scaled.item() == pytest.approx(0.5 * plain.item(), rel=1e-6)
-    model.hyp['cls'] = 0.25  # read at every call: the trainer rescales hyp after building the loss
-    assert SoftLabelKL(T=2.0, model=model)(DistillInputs([s]), DistillInputs([t]))[0].item() == \
-        pytest.approx(0.25 * plain.item(), rel=1e-6)
 
 
 def test_kl_objectness_weighting_alpha_and_single_class():

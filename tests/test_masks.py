@@ -6,8 +6,8 @@ import torch
 
 from utils.augment import letterbox
 from utils.boxes import letterbox_geometry
-from utils.masks import (crop_mask, mask_iou, masks_to_polygons, process_mask, process_mask_upsample,
-                         scale_masks, scale_polygons)
+from utils.masks import (crop_mask, mask_iou, masks_to_polygons, process_mask, process_mask_native,
+                         process_mask_upsample, scale_masks, scale_polygons)
 
 
 def test_crop_mask_keeps_pixels_inside_half_open_boxes():
@@ -101,6 +101,24 @@ def test_scale_masks_is_the_bilinear_resize_of_v7():
     # v7.0 resizes uint8 0/1 masks, where OpenCV's fixed-point arithmetic moves a few edge pixels
     v7 = np.stack([cv2.resize(m.astype(np.uint8), (160, 90)) for m in cut]).astype(bool)
     assert (got != v7).mean() < 0.01
+
+
+def test_native_masks_map_each_image_pixel_through_the_letterbox():
+    """A prototype ramp in input y whose mask edge lies midway between two prototype rows (y = 28 input px):
+    linear interpolation puts it there exactly, so on a 96 x 160 image letterboxed into 64 x 96 (gain 0.6,
+    3.2 px padding on top) it lies at image y = (28 - 3.2) / 0.6 = 41.3: rows 41 and down are on."""
+    ys = torch.arange(16.0) * 4 + 2  # prototype row centres in input pixels
+    protos = ((ys - 28) * 0.05).view(1, 16, 1).repeat(1, 1, 24)
+    boxes0 = torch.tensor([[0.0, 0.0, 160.0, 96.0], [20.0, 0.0, 50.0, 60.0]])  # in image pixels
+    masks = process_mask_native(protos, torch.ones(2, 1), boxes0, (64, 96), (96, 160))
+    assert masks.shape == (2, 96, 160) and masks.dtype == torch.bool
+    assert not masks[0, :41].any() and masks[0, 41:].all()
+    assert masks[1, 41:60, 20:50].all() and masks[1].sum() == 19 * 30  # cropped by the image-pixel box
+    assert process_mask_native(protos, torch.zeros(0, 1), torch.zeros(0, 4), (64, 96), (96, 160)).shape == (0, 96, 160)
+    # same masks as v7.0's way (at the input size, integer padding cut, resized) up to its rounding
+    v7 = scale_masks((64, 96), process_mask(protos, torch.ones(1, 1), boxes0[:1] * 0.6 + torch.tensor([0, 3.2] * 2),
+                                            (64, 96), upsample=True), (96, 160))
+    assert 0.9 < mask_iou(v7, masks[:1]).item() < 1
 
 
 def test_scale_polygons_undoes_the_letterbox():

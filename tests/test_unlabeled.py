@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -135,18 +136,23 @@ def test_pseudo_targets_are_the_teachers_detections_in_label_units():
 def test_pseudo_labels_of_several_teachers_come_from_their_averaged_outputs():
     """--d_pseudo with two teachers: one set of boxes per unlabeled image, from both teachers' mean output
     (the same mean the output term distils toward), never boxes for labelled images."""
-    from distill.distiller import Distiller
+    from distill.objective import DistillationObjective
+    from distill.teacher import run_teacher
+    from utils.objective import Batch
     torch.manual_seed(0)
-    student, t1, t2 = (Model("yolov5n.yaml", nc=3).eval() for _ in range(3))
+    t1, t2 = (Model("yolov5n.yaml", nc=3).eval() for _ in range(2))
     imgs = torch.rand(3, 3, 64, 64)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.2]])
     labelled = torch.tensor([True, False, False])
 
     def labels_from(teachers, conf):
-        d = Distiller(student, teachers, pseudo_conf=conf)
-        new_targets, now_labelled = d.label_batch(imgs, targets, labelled)
-        assert now_labelled.all() and torch.equal(new_targets[:1], targets)
-        return new_targets[1:]
+        task = SimpleNamespace(item_names=())  # only the pseudo-labelling step runs here
+        objective = DistillationObjective(task, teachers, output_terms={"output": None}, pseudo_conf=conf)
+        outs = [run_teacher(t, imgs) for t in teachers]
+        batch, per_image = objective._pseudo_labelled(Batch(imgs, targets, labelled), outs)
+        assert batch.labelled.all() and torch.equal(batch.targets[:1], targets)
+        assert per_image.item() == (len(batch.targets) - 1) / 2
+        return batch.targets[1:]
 
     with torch.no_grad():
         raw = [Model.forward(t, imgs)[1] for t in (t1, t2)]

@@ -11,6 +11,7 @@ import math
 
 import cv2
 import numpy as np
+import torch
 
 from utils.boxes import xyn2xy, xywhn2xyxy
 
@@ -46,11 +47,18 @@ def letterbox(im, new_shape=640, color=(PAD_VALUE,) * 3, auto=True, scale_fill=F
 
 
 # ---------------------------------------------------------------- colour
+def draw_hsv_gains(rng, hgain=0.5, sgain=0.5, vgain=0.5):
+    """The (hue, saturation, value) multipliers augment_hsv applies; None (and no draw) when all gains are 0."""
+    if not (hgain or sgain or vgain):
+        return None
+    return rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+
+
 def augment_hsv(im, rng, hgain=0.5, sgain=0.5, vgain=0.5):
     """Random hue / saturation / value gains, in place (lookup tables keep it cheap)."""
-    if not (hgain or sgain or vgain):
+    r = draw_hsv_gains(rng, hgain, sgain, vgain)
+    if r is None:
         return im
-    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
     hue, sat, val = cv2.split(cv2.cvtColor(im, cv2.COLOR_BGR2HSV))
     x = np.arange(0, 256, dtype=r.dtype)
     lut_hue = ((x * r[0]) % 180).astype(np.uint8)  # OpenCV hue lives in 0..179
@@ -63,10 +71,12 @@ def augment_hsv(im, rng, hgain=0.5, sgain=0.5, vgain=0.5):
 
 # ---------------------------------------------------------------- geometry
 def box_candidates(box1, box2, wh_thr=2, ar_thr=100, area_thr=0.1, eps=1e-16):
-    """Keep boxes (4, n) that stay wider/taller than wh_thr px, keep area_thr of their area and are not slivers."""
+    """Keep boxes (4, n) (arrays or tensors) that stay wider/taller than wh_thr px, keep area_thr of their
+    area and are not slivers."""
     w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
     w2, h2 = box2[2] - box2[0], box2[3] - box2[1]
-    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    maximum = torch.maximum if isinstance(w2, torch.Tensor) else np.maximum  # utils/device_augment.py: tensors
+    ar = maximum(w2 / (h2 + eps), h2 / (w2 + eps))
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
@@ -136,14 +146,20 @@ def transform_boxes(boxes, M, perspective, width, height):
     return new
 
 
-def warp_image(im, rng, degrees, translate, scale, shear, perspective, border):
-    """Draw a random affine / perspective transform and warp `im` -> (im, M, scale drawn, width, height).
+def draw_perspective(rng, src_shape, degrees, translate, scale, shear, perspective, border):
+    """The random transform warp_image applies to an image of `src_shape` -> (M, scale drawn, width, height).
 
     `border` (negative for mosaic) crops the output: a 2s x 2s mosaic comes out s x s.
     """
-    height = im.shape[0] + border[0] * 2
-    width = im.shape[1] + border[1] * 2
-    M, s = _perspective_matrix(rng, height, width, im.shape, degrees, translate, scale, shear, perspective)
+    height = src_shape[0] + border[0] * 2
+    width = src_shape[1] + border[1] * 2
+    M, s = _perspective_matrix(rng, height, width, src_shape, degrees, translate, scale, shear, perspective)
+    return M, s, width, height
+
+
+def warp_image(im, rng, degrees, translate, scale, shear, perspective, border):
+    """Draw a random affine / perspective transform and warp `im` -> (im, M, scale drawn, width, height)."""
+    M, s, width, height = draw_perspective(rng, im.shape, degrees, translate, scale, shear, perspective, border)
     if border[0] or border[1] or (M != np.eye(3)).any():
         if perspective:
             im = cv2.warpPerspective(im, M, dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
@@ -219,33 +235,35 @@ def _mosaic_slots(i, xc, yc, w, h, s):
     return a, b
 
 
-def _mosaic_canvas(images, s, rng):
-    """Tile 4 images around a random centre of a 2s x 2s canvas -> (canvas, per tile (padw, padh))."""
+def mosaic_slots(shapes, s, rng):
+    """Draw the mosaic centre of a 2s x 2s canvas; per tile of shape (h, w): (dst box, src box) on it."""
     border = -s // 2
     yc, xc = (int(rng.uniform(-border, 2 * s + border)) for _ in range(2))
-    img4 = np.full((s * 2, s * 2, images[0].shape[2]), PAD_VALUE, dtype=np.uint8)
-    offsets = []
-    for i, im in enumerate(images):
-        h, w = im.shape[:2]
-        (x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b) = _mosaic_slots(i, xc, yc, w, h, s)
-        img4[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
-        offsets.append((x1a - x1b, y1a - y1b))
-    return img4, offsets
+    return [_mosaic_slots(i, xc, yc, hw[1], hw[0], s) for i, hw in enumerate(shapes)]
+
+
+def mosaic_labels(labels, shapes, slots, s):
+    """Each tile's normalised-xywh labels -> pixel xyxy on the canvas, concatenated and clipped to it."""
+    labels4 = []
+    for lb, (h, w), (a, b) in zip(labels, shapes, slots):
+        lb = lb.copy()
+        if len(lb):
+            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, a[0] - b[0], a[1] - b[1])
+        labels4.append(lb)
+    labels4 = np.concatenate(labels4, 0) if labels4 else np.zeros((0, 5), np.float32)
+    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+    return labels4
 
 
 def _mosaic(samples, s, rng):
     """mosaic4's work, also returning each tile's (padw, padh) offset on the canvas."""
-    img4, offsets = _mosaic_canvas([im for im, _ in samples], s, rng)
-    labels4 = []
-    for (im, labels), (padw, padh) in zip(samples, offsets):
-        h, w = im.shape[:2]
-        lb = labels.copy()
-        if len(lb):
-            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, padw, padh)
-        labels4.append(lb)
-    labels4 = np.concatenate(labels4, 0) if labels4 else np.zeros((0, 5), np.float32)
-    np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
-    return img4, labels4, offsets
+    shapes = [im.shape[:2] for im, _ in samples]
+    slots = mosaic_slots(shapes, s, rng)
+    img4 = np.full((s * 2, s * 2, samples[0][0].shape[2]), PAD_VALUE, dtype=np.uint8)
+    for (im, _), ((x1a, y1a, x2a, y2a), (x1b, y1b, x2b, y2b)) in zip(samples, slots):
+        img4[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
+    labels4 = mosaic_labels([lb for _, lb in samples], shapes, slots, s)
+    return img4, labels4, [(a[0] - b[0], a[1] - b[1]) for a, b in slots]
 
 
 def mosaic4(samples, s, rng):

@@ -32,6 +32,7 @@ from utils.label_cache import (NUM_THREADS, DatasetError, check_class_ids, check
                                list_image_files, report, scan_with_cache, summarize, user_cache_dir,
                                writable_dir)
 from utils.polygon_masks import flip_masks, sample_masks
+from utils.sample_plan import check_device_augment, collate_plans, plan_sample
 
 LOGGER = logging.getLogger('yolov5')
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,12 +92,16 @@ class LoadImagesAndLabels(Dataset):
 
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=None, single_cls=False, stride=32, pad=0.0,
-                 prefix='', seed=0, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4):
+                 prefix='', seed=0, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4,
+                 device_augment=False):
         self.img_size, self.augment = img_size, augment
+        self.device_augment = device_augment  # samples are plans for utils/device_augment.py, not images
         self.masks, self.overlap, self.downsample_ratio = masks, overlap, downsample_ratio
         self.segments = None  # segmentation only: per image, per label row its (k, 2) normalised polygon
         self.hyp = dict(hyp if hyp is not None else default_hyp() if augment else {})
         self.image_weights = image_weights
+        if device_augment:
+            check_device_augment(self.hyp, masks, augment)
         self.rect = False if image_weights else rect
         self.mosaic = self.augment and not self.rect  # mosaic makes square images; rect keeps shapes
         self.stride, self.seed, self.prefix, self.path = stride, seed, prefix, path
@@ -320,6 +325,8 @@ class LoadImagesAndLabels(Dataset):
                 index = (index + 1) % self.n  # deterministic replacement keeps the epoch going
                 continue
             try:
+                if self.device_augment:
+                    return plan_sample(self, index, rng, use_mosaic)
                 return self._get_sample(index, rng, use_mosaic)
             except ImageLoadError as e:
                 self._bad.add(e.index)  # may be a mosaic partner rather than `index` itself
@@ -375,10 +382,14 @@ class LoadImagesAndLabels(Dataset):
             img, labels, polygons = self._random_perspective(img, labels, polygons, rng)
         return img, labels, polygons, shapes
 
-    def _random_perspective(self, img, labels, polygons, rng, border=(0, 0)):
+    def perspective_options(self, border=(0, 0)):
+        """The random_perspective keywords of this dataset's hyp."""
         hyp = self.hyp
-        kw = dict(degrees=hyp.get('degrees', 0.0), translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
-                  shear=hyp.get('shear', 0.0), perspective=hyp.get('perspective', 0.0), border=border)
+        return dict(degrees=hyp.get('degrees', 0.0), translate=hyp.get('translate', 0.0), scale=hyp.get('scale', 0.0),
+                    shear=hyp.get('shear', 0.0), perspective=hyp.get('perspective', 0.0), border=border)
+
+    def _random_perspective(self, img, labels, polygons, rng, border=(0, 0)):
+        kw = self.perspective_options(border)
         if polygons is None:
             return (*random_perspective(img, labels, rng, **kw), None)
         return random_perspective_polygons(img, labels, polygons, rng, **kw)
@@ -400,6 +411,10 @@ class LoadImagesAndLabels(Dataset):
             polygons = [xyn2xy(p, ratio[0] * w, ratio[1] * h, pad[0], pad[1]) for p in self.segments[index]]
         return img, labels, polygons, shapes
 
+    def mosaic_indices(self, index, rng):
+        """`index` and 3 random partners from its pool, in random tile order."""
+        return [int(i) for i in rng.permutation([index] + [self._random_index(rng, like=index) for _ in range(3)])]
+
     def load_mosaic(self, index, rng):
         """4-image mosaic around `index` (3 random partners), then copy-paste and random perspective
         -> (img, pixel-xyxy labels, pixel polygons or None for detection).
@@ -407,10 +422,10 @@ class LoadImagesAndLabels(Dataset):
         Partners come from `index`'s own pool: a mosaic is all labelled or all unlabeled, so one flag per
         image says whether the detection loss may read its (missing) boxes."""
         hyp, s = self.hyp, self.img_size
-        indices = rng.permutation([index] + [self._random_index(rng, like=index) for _ in range(3)])
-        samples = [(self.load_image(int(i))[0], self.labels[int(i)]) for i in indices]
+        indices = self.mosaic_indices(index, rng)
+        samples = [(self.load_image(i)[0], self.labels[i]) for i in indices]
         if self.masks:
-            img4, labels4, polygons4 = mosaic4_polygons(samples, [self.segments[int(i)] for i in indices], s, rng)
+            img4, labels4, polygons4 = mosaic4_polygons(samples, [self.segments[i] for i in indices], s, rng)
             img4, labels4, polygons4 = copy_paste_polygons(img4, labels4, polygons4, rng,
                                                            p=hyp.get('copy_paste', 0.0))
         else:
@@ -505,10 +520,12 @@ def seed_worker(worker_id):
 
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, cache=None, rect=False,
                       rank=-1, workers=8, pad=0.0, shuffle=False, seed=0, single_cls=False, prefix='',
-                      image_weights=False, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4):
+                      image_weights=False, nc=None, unlabeled=None, masks=False, overlap=True, downsample_ratio=4,
+                      device_augment=False):
     """Build the dataset and its loader -> (loader, dataset). `nc` enables the class-id check;
     `unlabeled` (path or list) adds images without labels, flagged in `dataset.is_unlabeled`;
-    `masks` makes batches carry instance masks (segmentation; `overlap` picks v7.0's layout)."""
+    `masks` makes batches carry instance masks (segmentation; `overlap` picks v7.0's layout);
+    `device_augment` makes batches carry un-augmented tiles + sample plans for utils/device_augment.py."""
     if rect and shuffle:
         LOGGER.warning(f'{prefix}WARNING: --rect is incompatible with shuffling; shuffle=False')
         shuffle = False
@@ -516,7 +533,7 @@ def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, 
                                   image_weights=image_weights, cache_images=cache, single_cls=single_cls,
                                   stride=int(stride), pad=pad, prefix=prefix, seed=seed, nc=nc,
                                   unlabeled=unlabeled, masks=masks, overlap=overlap,
-                                  downsample_ratio=downsample_ratio)
+                                  downsample_ratio=downsample_ratio, device_augment=device_augment)
     batch_size = min(batch_size, len(dataset))
     nd = max(torch.cuda.device_count(), 1)
     nw = min((os.cpu_count() or 1) // nd, batch_size if batch_size > 1 else 0, workers)
@@ -529,6 +546,7 @@ def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, 
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
-                        pin_memory=PIN_MEMORY, collate_fn=collate_fn, worker_init_fn=seed_worker,
+                        pin_memory=PIN_MEMORY,
+                        collate_fn=collate_plans if device_augment else collate_fn, worker_init_fn=seed_worker,
                         generator=generator, persistent_workers=nw > 0)
     return loader, dataset

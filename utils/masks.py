@@ -22,7 +22,7 @@ def crop_mask(masks, boxes):
     return masks * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
 
 
-def _mask_probabilities(protos, coeffs):
+def mask_probabilities(protos, coeffs):
     """sigmoid(coeffs [n, nm] @ protos [nm, mh, mw]) -> [n, mh, mw], in float32."""
     nm, mh, mw = protos.shape
     return (coeffs.float() @ protos.float().view(nm, -1)).sigmoid().view(-1, mh, mw)
@@ -48,7 +48,7 @@ def process_mask(protos, coeffs, boxes, shape, upsample=False):
     if not len(coeffs):
         return _empty(protos, shape if upsample else (mh, mw))
     ih, iw = shape
-    masks = _mask_probabilities(protos, coeffs)
+    masks = mask_probabilities(protos, coeffs)
     masks = crop_mask(masks, boxes.float() * boxes.new_tensor([mw / iw, mh / ih, mw / iw, mh / ih]).float())
     if upsample:
         masks = _upsample(masks, shape)
@@ -60,7 +60,7 @@ def process_mask_upsample(protos, coeffs, boxes, shape):
     its val.py uses for --save-json). Returns bool [n, h, w]."""
     if not len(coeffs):
         return _empty(protos, shape)
-    masks = _upsample(_mask_probabilities(protos, coeffs), shape)
+    masks = _upsample(mask_probabilities(protos, coeffs), shape)
     return crop_mask(masks, boxes.float()) > 0.5
 
 
@@ -75,6 +75,29 @@ def scale_masks(img1_shape, masks, img0_shape, ratio_pad=None):
     _, (pad_w, pad_h) = letterbox_geometry(img1_shape, img0_shape, ratio_pad)
     top, left, bottom, right = int(pad_h), int(pad_w), int(h1 - pad_h), int(w1 - pad_w)
     return _upsample(masks[:, top:bottom, left:right], (h0, w0)) > 0.5
+
+
+def _sample_on_image(masks, input_shape, img0_shape, ratio_pad=None):
+    """Float masks [n, h, w] covering the whole letterboxed input (h, w any resolution) -> [n, h0, w0]:
+    each original-image pixel centre is mapped exactly through the letterbox and sampled bilinearly
+    (no integer padding bounds, which at 1/4 resolution would shift masks by up to 4 input pixels)."""
+    gain, (pad_w, pad_h) = letterbox_geometry(input_shape, img0_shape, ratio_pad)
+    (ih, iw), (h0, w0) = input_shape[:2], img0_shape[:2]
+    dev = masks.device
+    xs = ((torch.arange(w0, device=dev) + 0.5) * gain + pad_w) / iw * 2 - 1  # grid_sample's [-1, 1] span
+    ys = ((torch.arange(h0, device=dev) + 0.5) * gain + pad_h) / ih * 2 - 1
+    grid = torch.stack((xs.view(1, w0).expand(h0, w0), ys.view(h0, 1).expand(h0, w0)), -1)[None]
+    return F.grid_sample(masks[None].float(), grid, mode='bilinear', padding_mode='border', align_corners=False)[0]
+
+
+def process_mask_native(protos, coeffs, boxes, input_shape, img0_shape, ratio_pad=None):
+    """Masks at the original image's resolution (v7.0's --retina-masks idea, done at the source):
+    probabilities at prototype resolution sampled straight onto img0 (h0, w0), then cropped by the
+    xyxy `boxes` given in img0 pixels. Returns bool [n, h0, w0]."""
+    if not len(coeffs):
+        return _empty(protos, img0_shape[:2])
+    masks = _sample_on_image(mask_probabilities(protos, coeffs), input_shape, img0_shape, ratio_pad)
+    return crop_mask(masks, boxes.float()) > 0.5
 
 
 def scale_polygons(img1_shape, polygons, img0_shape, ratio_pad=None, normalize=False):

@@ -32,9 +32,9 @@ class Batch:
     def size(self):
         return self.imgs.shape[0]
 
-    def relabelled(self, targets, labelled):
-        """The same images with other targets (e.g. pseudo-labels for the unlabeled ones)."""
-        return replace(self, targets=targets, labelled=labelled)
+    def relabelled(self, targets, labelled, masks=None):
+        """The same images with other targets (e.g. pseudo-labels for the unlabeled ones), and masks."""
+        return replace(self, targets=targets, labelled=labelled, masks=self.masks if masks is None else masks)
 
 
 class Objective(nn.Module):
@@ -79,10 +79,20 @@ class DetectionObjective(Objective):
     def forward(self, batch, raw, features=()):
         return self.compute_loss(raw, batch.targets, batch.labelled)
 
+    def task_losses(self, batch, raw):
+        """The loss per task ({'detect': loss}, items): what a per-task mix of hard and soft losses reads."""
+        loss, items = self.compute_loss(raw, batch.targets, batch.labelled)
+        return {"detect": loss}, items
+
     @staticmethod
     def detection_levels(raw):
         """The raw prediction levels inside the train-mode output (the output itself for detection)."""
         return raw
+
+    @staticmethod
+    def protos(raw):
+        """The mask prototypes inside the train-mode output (None: a detection model has none)."""
+        return None
 
 
 class SegmentationObjective(Objective):
@@ -93,14 +103,25 @@ class SegmentationObjective(Objective):
     def __init__(self, compute_loss):
         super().__init__()
         self.compute_loss = compute_loss
+        self.overlap = compute_loss.overlap  # the masks' layout (utils/datasets.py), for pseudo masks
 
     def forward(self, batch, raw, features=()):
         return self.compute_loss(raw, batch.targets, batch.masks, batch.labelled)
+
+    def task_losses(self, batch, raw):
+        """({'detect': box + obj + cls, 'segment': seg}, items), both in the batch's units."""
+        (detection, segmentation), items = self.compute_loss.task_losses(raw, batch.targets, batch.masks,
+                                                                         batch.labelled)
+        return {"detect": detection, "segment": segmentation}, items
 
     @staticmethod
     def detection_levels(raw):
         """The raw prediction levels of a segmentation model's train-mode output `(levels, proto)`."""
         return raw[0]
+
+    @staticmethod
+    def protos(raw):
+        return raw[1]
 
 
 class ObjectiveBuilder:

@@ -61,6 +61,18 @@ class Annotator:
             org = (p1[0], p1[1] - 2 if outside else p1[1] + h + 2)
             cv2.putText(self.im, label, org, 0, scale, txt_color, thickness=self.tf, lineType=cv2.LINE_AA)
 
+    def masks(self, masks, colors, alpha=0.5):
+        """Blend instance masks (bool [n, h, w] of the image's size, best first) in `colors` (one per
+        mask, the image's channel order); the best mask is painted last so it stays on top. Draw
+        them before the boxes so outlines and labels remain readable."""
+        masks = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+        if masks.shape[1:] != self.im.shape[:2]:
+            raise ValueError(f"masks {masks.shape[1:]} do not match the image {self.im.shape[:2]}")
+        for m, c in zip(masks[::-1], colors[::-1]):
+            rows, cols = np.nonzero(m)  # only the mask's pixels: cheap for many small instances
+            pixels = self.im[rows, cols].astype(np.float32)
+            self.im[rows, cols] = (pixels * (1 - alpha) + np.float32(c) * alpha).round().astype(np.uint8)
+
     def rectangle(self, xy, fill=None, outline=None, width=1):
         color = fill if fill is not None else outline
         cv2.rectangle(self.im, (int(xy[0]), int(xy[1])), (int(xy[2]), int(xy[3])), color,

@@ -33,17 +33,24 @@ class ComputeSegLoss(ComputeLoss):
         self.overlap = overlap
 
     def __call__(self, raw, targets, masks, labelled=None):
+        (detection, segmentation), items = self.task_losses(raw, targets, masks, labelled)
+        return detection + segmentation, items
+
+    def task_losses(self, raw, targets, masks, labelled=None):
+        """The loss split by task -> ((box + obj + cls, seg), items), both x B and differentiable:
+        what a convex mix of each task's hard and soft loss (train_distillation.py --d_mix) needs."""
         levels, proto = raw
         if len(levels) != self.nl:
             raise ValueError(f"expected {self.nl} prediction levels, got {len(levels)}")
         targets = targets.to(self.device, non_blocking=True)
         bs, labelled = self.images_counted(proto.shape[0], labelled)
         if bs == 0:
-            return zero_loss((*levels, proto), 4, self.device)
+            zero, items = zero_loss((*levels, proto), 4, self.device)
+            return (zero, zero), items
         assigned = self.build_targets(levels, targets, rows=True)
         lbox, lobj, lcls = self.detection_terms(levels, assigned, labelled)
         lseg = self.mask_term(levels, proto, assigned, targets, masks) * (self.hyp["box"] / bs)
-        return (lbox + lobj + lcls + lseg) * bs, torch.cat((lbox, lseg, lobj, lcls)).detach()
+        return ((lbox + lobj + lcls) * bs, lseg * bs), torch.cat((lbox, lseg, lobj, lcls)).detach()
 
     def mask_term(self, levels, proto, assigned, targets, masks):
         """Sum over levels and images of the mean box-normalised mask BCE of the image's positives."""

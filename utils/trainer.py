@@ -28,6 +28,7 @@ from utils.autoanchor import check_anchors
 from utils.cli import UserError
 from utils.dataset_yaml import check_dataset
 from utils.datasets import create_dataloader
+from utils.device_augment import DeviceAugment
 from utils.evaluate import evaluate, print_results
 from utils.files import resolve_file, shown_path, yaml_load, yaml_save
 from utils.logging import ResultsLogger, progress_header, progress_text
@@ -188,7 +189,8 @@ class Trainer:
             self.data["train"], opt.imgsz, rank_batch, self.gs, hyp=hyp, augment=True, cache=opt.cache,
             rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers, shuffle=True, seed=opt.seed,
             single_cls=opt.single_cls, prefix="train: ", nc=self.nc, unlabeled=self.builder.unlabeled_source(self.data),
-            **self.task.loader_options(opt))
+            device_augment=opt.device_augment, **self.task.loader_options(opt))
+        self.device_augment = DeviceAugment(self.device, hyp, opt.imgsz) if opt.device_augment else None
         self.unlabeled_files = self.dataset.unlabeled_files  # per-image flags of each batch come from its paths
         self.val_loader = None
         if is_main_process():
@@ -332,6 +334,8 @@ class Trainer:
                 n_labelled = int(labelled.sum())
                 image_counts[0] += n_labelled
                 image_counts[1] += len(paths) - n_labelled
+            if self.device_augment:  # --device-augment: the batch holds tiles and plans, not images
+                imgs, targets = self.device_augment((imgs, targets))
             imgs = self._to_device_input(imgs)
             self._warmup(ni, epoch)
             if opt.multi_scale:
@@ -439,10 +443,13 @@ class Trainer:
 
     def _results_columns(self):
         """results.csv: YOLOv5's columns of the task in its order (plotting scripts index them by position),
-        then the objective's other items (distillation terms) and the elapsed time."""
+        then the objective's other items (distillation terms), the epoch's image counts when unlabeled images
+        are mixed in, and the elapsed time."""
         task_items = [f"train/{k}" for k in self.task_items]
         lrs = [f"x/lr{j}" for j in range(3)]
         extra = [f"train/{k}" for k in self.objective.item_names if f"train/{k}" not in task_items]
+        if self.unlabeled_files:
+            extra += ["train/labelled_imgs", "train/unlabeled_imgs"]
         return ["epoch", *task_items, *self.task.metric_keys, *lrs, *extra, "x/elapsed_s"]
 
     def _log_epoch(self, epoch, train_items, results, lrs):
