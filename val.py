@@ -1,6 +1,7 @@
-"""Validate a YOLOv5 model on a detection dataset (YOLOv5 val.py flags and output).
+"""Validate a YOLOv5 model on a detection or segmentation dataset (YOLOv5 val.py flags and output).
 
-A thin CLI over utils/evaluate.py: flags, loading the weights, printing and saving.
+A thin CLI over utils/evaluate.py: flags, loading the weights, printing and saving. A -seg checkpoint is
+validated as v7.0's segment/val.py: box and mask metrics, masks read at full resolution, one per instance.
 
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
@@ -46,7 +47,9 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp",
         exist_ok=False, half=True, plots=True):
     """Validate weights on data; returns ((P, R, mAP50, mAP50-95, box, obj, cls val losses),
-    per-class mAP50-95, ms per image (pre-process, inference, NMS)), as YOLOv5's val.run does."""
+    per-class mAP50-95, ms per image (pre-process, inference, NMS)), as YOLOv5's val.run does. A -seg
+    model returns v7.0's segment/val.py tuple (P, R, mAP50, mAP50-95 of boxes, the same of masks, box, seg,
+    obj, cls val losses) and per-class box + mask mAP50-95."""
     check_args(conf_thres, iou_thres, batch_size)
     device = select_device(device, batch_size=batch_size)
     half &= device.type == "cuda"  # fp16 only pays (and is only supported well) on CUDA
@@ -60,7 +63,10 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     if not single_cls and int(model.model[-1].nc) != nc:
         raise UserError(f"{weights} has {int(model.model[-1].nc)} classes but {data.get('yaml_file', 'the data')} "
                          f"has nc={nc}; pass matching --weights and --data")
-    loader = build_loader(data, task, imgsz, batch_size, stride, single_cls, workers)
+    # v7.0's segment/val.py reads masks one per instance at full resolution (its training-time validation
+    # uses the training layout, 1/4 and overlapping; utils/tasks.py)
+    seg = dict(masks=True, overlap=False, downsample_ratio=1) if model.task == "segment" else {}
+    loader = build_loader(data, task, imgsz, batch_size, stride, single_cls, workers, **seg)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # made once weights and data are good
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":  # the first CUDA call pays for kernel selection; keep it out of the timings
@@ -73,24 +79,25 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     shape = (batch_size, 3, imgsz, imgsz)
     print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % res.times)
     if save_json:
-        _report_pycocotools(res, loader.dataset, data, class_map, save_dir, Path(weights).stem, max_det)
+        _report_pycocotools(res, loader.dataset, data, class_map, save_dir, Path(weights).stem)
     labels = f"\n{len(list(save_dir.glob('labels/*.txt')))} labels saved to {shown_path(save_dir) / 'labels'}" if save_txt else ""
     print(f"Results saved to {shown_path(save_dir)}{labels}")
     return res.as_tuple(), res.maps, res.times
 
 
-def _report_pycocotools(res: EvalResult, dataset, data, class_map, save_dir, stem, max_det):
-    """pycocotools' mAP beside the project's (YOLOv5 returns pycocotools' figures on COCO itself)."""
+def _report_pycocotools(res: EvalResult, dataset, data, class_map, save_dir, stem):
+    """pycocotools' mAP beside the project's, of boxes (and masks: 'segm'); YOLOv5 returns pycocotools'
+    figures on COCO itself."""
     class_map = class_map or list(range(max(len(res.names), 1000)))
-    coco = save_and_evaluate(res.jdict, dataset, data, res.names, class_map, save_dir, stem)
-    if coco is None:
-        return
-    res.pycocotools = coco
-    print(f"mAP@0.5:0.95 {res.map:.4f} (this project, YOLOv5 method, max {max_det} detections)  "
-          f"{coco[0]:.4f} (pycocotools, maxDets 100)\n"
-          f"mAP@0.5      {res.map50:.4f} (this project)  {coco[1]:.4f} (pycocotools)")
-    if is_coco_dataset(data):
-        res.map, res.map50 = coco
+    kinds = {"bbox": res.box} if res.mask is None else {"bbox": res.box, "segm": res.mask}
+    res.pycocotools = save_and_evaluate(res.jdict, dataset, data, res.names, class_map, save_dir, stem, tuple(kinds))
+    for iou_type, (coco_map, coco_map50) in res.pycocotools.items():
+        mine = kinds[iou_type]
+        print(f"{iou_type} mAP@0.5:0.95 {mine.map:.4f} (this project, YOLOv5 method)  {coco_map:.4f} "
+              f"(pycocotools, maxDets 100)\n{iou_type} mAP@0.5      {mine.map50:.4f} (this project)  "
+              f"{coco_map50:.4f} (pycocotools)")
+        if is_coco_dataset(data):
+            mine.map, mine.map50 = coco_map, coco_map50
 
 
 def parse_opt(argv=None):

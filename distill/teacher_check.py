@@ -32,7 +32,7 @@ def _val_map(model, data, opt):
     loader = build_loader(data, "val", opt.imgsz, opt.batch_size * 2, stride, opt.single_cls, opt.workers)
     res = evaluate(model, loader, half=False, single_cls=opt.single_cls, nc=int(data["nc"]), leave_bar=False)
     print_results(res)
-    return float(res.map), float(res.map50)
+    return float(res.box.map), float(res.box.map50)
 
 
 def teacher_map(teacher, data, opt):

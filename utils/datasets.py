@@ -248,9 +248,11 @@ class LoadImagesAndLabels(Dataset):
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:
-            # INTER_AREA keeps small objects when shrinking for validation; training is not that sensitive
+            # INTER_AREA keeps small objects when shrinking for validation; training is not that sensitive.
+            # int() truncates as v7.0 does (later YOLOv5 rounds up): one pixel row more or less moves every
+            # box of the image by a fraction of a pixel, enough to change mAP in the third decimal.
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+            im = cv2.resize(im, (int(w0 * r), int(h0 * r)), interpolation=interp)
         return im, (h0, w0), im.shape[:2]
 
     def cache_images(self, mode):

@@ -102,16 +102,25 @@ def _unique_pairs(matches):
 
 
 def match_predictions(detections, labels, iouv=IOU_THRESHOLDS):
-    """Which detections are true positives at each IoU threshold.
+    """Which detections are true positives at each IoU threshold, by box IoU.
 
     detections [n, 6] (x1, y1, x2, y2, conf, cls), labels [m, 5] (cls, x1, y1, x2, y2), same pixel space.
     Returns bool [n, len(iouv)] on iouv's device.
     """
-    iouv = torch.as_tensor(iouv)
-    correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
+    iou = None
     if detections.shape[0] and labels.shape[0]:
         iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float())
-        iou = (iou * (labels[:, 0:1] == detections[:, 5])).cpu().numpy()  # one transfer per image
+    return match_by_iou(iou, labels[:, 0], detections[:, 5], iouv, detections.shape[0])
+
+
+def match_by_iou(iou, label_cls, det_cls, iouv=IOU_THRESHOLDS, n=None):
+    """True positives [n, len(iouv)] from any IoU [m labels, n detections] (boxes or masks): a detection
+    matches a label of its class, each label at most one detection (YOLOv5 v7's rule). iou None: none match."""
+    iouv = torch.as_tensor(iouv)
+    n = det_cls.shape[0] if n is None else n
+    correct = np.zeros((n, iouv.shape[0]), dtype=bool)
+    if iou is not None and iou.numel():
+        iou = (iou * (label_cls[:, None] == det_cls[None])).cpu().numpy()  # one transfer per image
         for k, thr in enumerate(iouv.tolist()):
             li, di = np.nonzero(iou >= thr)
             if not li.shape[0]:
