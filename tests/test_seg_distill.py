@@ -23,10 +23,10 @@ NC, SIZE = 3, 64
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def seg_model(cfg="yolov5n-seg.yaml", seed=0):
+def seg_model(cfg="yolov5n-seg.yaml", seed=0, nc=NC):
     torch.manual_seed(seed)
-    model = Model(cfg, nc=NC)
-    model.names = [f"c{i}" for i in range(NC)]
+    model = Model(cfg, nc=nc)
+    model.names = [f"c{i}" for i in range(nc)]
     model.hyp = yaml_load(PROJECT_ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
     return model
 
@@ -179,3 +179,47 @@ def test_d_mix_values_are_checked():
     from utils.cli import UserError
     with pytest.raises(UserError, match="--d_mix"):
         DistillationBuilder(opt)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_seg_distillation_run_logs_mask_terms_and_resumes_exactly(tiny_seg_data, tmp_path, monkeypatch):
+    """train_distillation.py with a -seg pair as a user types it: the seg columns, the mask and prototype
+    columns, and --resume continuing the run to the same weights (adapters included)."""
+    from utils.synthetic import CLASS_NAMES
+    from utils.trainer import Trainer
+    teacher = seg_model(seed=1, nc=len(CLASS_NAMES))
+    teacher.names = list(CLASS_NAMES)
+    teacher_file = save_checkpoint(tmp_path / "teacher8.pt", model_checkpoint_fields(teacher))
+
+    def args(name):
+        return ["--data", str(tiny_seg_data), "--cfg", "yolov5n-seg.yaml", "--t_weights", str(teacher_file),
+                "--d_proto", "--epochs", "2", "--imgsz", "64", "--batch-size", "8", "--workers", "0", "--device",
+                "cpu", "--project", str(tmp_path), "--name", name, "--noplots", "--noval"]
+
+    def run(argv):
+        return train_distillation.main(train.parse_opt(argv, parser=train_distillation.build_parser()))
+
+    run(args("full"))
+    save = Trainer._save
+
+    def save_then_crash(self, epoch, fi):
+        save(self, epoch, fi)
+        if epoch == 0:
+            raise Interrupted  # as if the machine died right after the first epoch's checkpoint
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    with pytest.raises(Interrupted):
+        run(args("cut"))
+    monkeypatch.setattr(Trainer, "_save", save)
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    run(["--resume", str(last), "--device", "cpu"])
+    full = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    for key in ("train_model", "extra"):  # student weights and the prototype adapter
+        assert full[key].keys() == resumed[key].keys() and len(full[key]) > 0
+        assert all(torch.equal(full[key][k], resumed[key][k]) for k in full[key]), key
+    with open(tmp_path / "full" / "results.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"train/seg_loss", "metrics/mAP_0.5:0.95(M)", "val/seg_loss", "train/kd_mask", "train/proto"} <= set(header)
