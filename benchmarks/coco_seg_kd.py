@@ -39,7 +39,10 @@ ROWS = {  # name: (script, extra flags, seeds)
     "mix": ("train_distillation.py", ["--d_mix", "0.5", "0.5"], (0, 1)),
     "unlabeled": ("train_distillation.py", ["--d_unlabeled", str(UNLABELED)], (0, 1)),
 }
-METRICS = ("metrics/mAP_0.5(B)", "metrics/mAP_0.5:0.95(B)", "metrics/mAP_0.5(M)", "metrics/mAP_0.5:0.95(M)")
+sys.path.insert(0, str(ROOT))
+from utils.tasks import SEGMENT_METRIC_KEYS  # noqa: E402  (results.csv's one source of column names)
+
+METRICS = tuple(SEGMENT_METRIC_KEYS[i] for i in (2, 3, 6, 7))  # box mAP50, mAP50-95, mask mAP50, mAP50-95
 
 
 def common_flags(name, seed, epochs):
