@@ -59,3 +59,22 @@ def tiny_train_args(data, project, name, epochs=2, extra=()):
     return ["--data", str(data), "--cfg", "yolov5n.yaml", "--epochs", str(epochs), "--imgsz", "64",
             "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(project),
             "--name", name, "--noplots", *extra]
+
+
+class Interrupted(Exception):
+    """A training run cut off right after its first epoch's checkpoint."""
+
+
+def run_cut_after_first_epoch(monkeypatch, run, argv):
+    """`run(argv)` dies right after saving epoch 0's checkpoint, as if the machine died there."""
+    from utils.trainer import Trainer
+    save = Trainer._save
+
+    def save_then_crash(self, epoch, fi):
+        save(self, epoch, fi)
+        if epoch == 0:
+            raise Interrupted
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    with pytest.raises(Interrupted):
+        run(argv)
+    monkeypatch.setattr(Trainer, "_save", save)

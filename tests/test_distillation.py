@@ -11,7 +11,7 @@ import torch
 
 import train
 import train_distillation
-from conftest import tiny_train_args
+from conftest import run_cut_after_first_epoch, tiny_train_args
 from distill_steps import run_accumulated, run_steps
 from distill.builder import DistillationBuilder
 from distill.teacher import run_teacher
@@ -227,25 +227,11 @@ def test_two_gloo_ranks_match_one_process_and_share_adapters(teacher_pt, tmp_pat
             assert (u - u1).norm() <= 1e-3 * u1.norm() + 1e-9, i
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_resume_restores_adapters_and_teacher_settings(tiny_data, tmp_path, teacher_pt, monkeypatch):
-    from utils.trainer import Trainer
     extra = ["--d_feature", "mse", "--d_weight", "3", "--batch-size", "4"]
     run_distill(distill_args(tiny_data, tmp_path, "full", teacher_pt, epochs=2, extra=extra))
-
-    save = Trainer._save
-
-    def save_then_crash(self, epoch, fi):
-        save(self, epoch, fi)
-        if epoch == 0:
-            raise Interrupted  # as if the machine died right after the first epoch's checkpoint
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(Interrupted):
-        run_distill(distill_args(tiny_data, tmp_path, "cut", teacher_pt, epochs=2, extra=extra))
-    monkeypatch.setattr(Trainer, "_save", save)
+    run_cut_after_first_epoch(monkeypatch, run_distill, distill_args(tiny_data, tmp_path, "cut", teacher_pt, epochs=2,
+                                                                     extra=extra))
     last = tmp_path / "cut" / "weights" / "last.pt"
 
     from utils.cli import UserError

@@ -7,6 +7,7 @@ import torch
 
 import train
 import train_distillation
+from conftest import run_cut_after_first_epoch
 from distill.builder import DistillationBuilder
 from distill.losses import DistillInputs, detection_view
 from distill.pseudo import add_pseudo_masks, pseudo_masks, pseudo_targets
@@ -181,15 +182,10 @@ def test_d_mix_values_are_checked():
         DistillationBuilder(opt)
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_seg_distillation_run_logs_mask_terms_and_resumes_exactly(tiny_seg_data, tmp_path, monkeypatch):
     """train_distillation.py with a -seg pair as a user types it: the seg columns, the mask and prototype
     columns, and --resume continuing the run to the same weights (adapters included)."""
     from utils.synthetic import CLASS_NAMES
-    from utils.trainer import Trainer
     teacher = seg_model(seed=1, nc=len(CLASS_NAMES))
     teacher.names = list(CLASS_NAMES)
     teacher_file = save_checkpoint(tmp_path / "teacher8.pt", model_checkpoint_fields(teacher))
@@ -203,16 +199,7 @@ def test_seg_distillation_run_logs_mask_terms_and_resumes_exactly(tiny_seg_data,
         return train_distillation.main(train.parse_opt(argv, parser=train_distillation.build_parser()))
 
     run(args("full"))
-    save = Trainer._save
-
-    def save_then_crash(self, epoch, fi):
-        save(self, epoch, fi)
-        if epoch == 0:
-            raise Interrupted  # as if the machine died right after the first epoch's checkpoint
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(Interrupted):
-        run(args("cut"))
-    monkeypatch.setattr(Trainer, "_save", save)
+    run_cut_after_first_epoch(monkeypatch, run, args("cut"))
     last = tmp_path / "cut" / "weights" / "last.pt"
     run(["--resume", str(last), "--device", "cpu"])
     full = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)
