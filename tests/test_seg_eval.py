@@ -223,3 +223,12 @@ def test_val_reproduces_v7_segment_val(tmp_path):
     ours, v7 = compare(weights, data, imgsz=320, batch=32, folder=tmp_path)
     for i in (2, 3, 6, 7):  # box and mask mAP50, mAP50-95
         assert abs(ours[i] - v7[i]) < 0.01, (i, ours, v7)
+
+
+def test_a_seg_model_without_data_trains_on_the_synthetic_polygons(tmp_path, capsys):
+    """`python train.py --cfg yolov5n-seg.yaml` needs no --data: the embedded set's polygon twin (offline)."""
+    import train
+    opt = train.prepare_run(train.parse_opt(["--cfg", "yolov5n-seg.yaml", "--project", str(tmp_path)]))
+    assert Path(opt.data).name == "synthetic-seg.yaml" and "synthetic-seg.yaml" in capsys.readouterr().out
+    opt = train.prepare_run(train.parse_opt(["--cfg", "yolov5n.yaml", "--project", str(tmp_path)]))
+    assert Path(opt.data).name == "synthetic.yaml"
