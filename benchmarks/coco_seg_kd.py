@@ -31,6 +31,7 @@ UNLABELED = SHARED / "datasets" / "coco128" / "images" / "train2017"
 START = SHARED / "weights" / "yolov5n.pt"
 TEACHER = ROOT / "weights" / "coco_seg_teacher_yolov5n-seg.pt"
 PROJECT = ROOT / "runs" / "coco_seg_cpu"
+RESULTS = ROOT / "benchmarks" / "results" / "coco_seg_cpu"  # committed results.csv of every finished run
 ROWS = {  # name: (script, extra flags, seeds)
     "base": ("train.py", [], (0, 1, 2)),
     "kd": ("train_distillation.py", [], (0, 1, 2)),
@@ -52,10 +53,13 @@ def common_flags(name, seed, epochs):
 
 
 def final_row(run):
-    """The last epoch's results.csv row of a run, or None when it has not finished."""
-    path = PROJECT / run / "results.csv"
-    if not path.exists() or not (PROJECT / run / "weights" / "best.pt").exists():
-        return None
+    """The last epoch's results.csv row of a finished run (its committed copy in RESULTS, else the run's own),
+    or None."""
+    path = RESULTS / f"{run}.csv"
+    if not path.exists():
+        path = PROJECT / run / "results.csv"
+        if not path.exists() or not (PROJECT / run / "weights" / "best.pt").exists():
+            return None
     with open(path, newline="") as f:
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
     return rows[-1] if rows else None
@@ -81,6 +85,8 @@ def _execute(run, cmd, epochs, dry_run):
         return
     shutil.rmtree(PROJECT / run, ignore_errors=True)  # an unfinished run starts again
     subprocess.run(cmd, cwd=ROOT, check=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT / run / "results.csv", RESULTS / f"{run}.csv")  # the record to commit
 
 
 def train_teacher(epochs, dry_run):
