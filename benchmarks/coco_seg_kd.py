@@ -52,7 +52,7 @@ def common_flags(name, seed, epochs):
             "--project", str(PROJECT), "--name", name, "--exist-ok", "--seed", str(seed), "--noplots"]
 
 
-def final_row(run):
+def final_row(run, epochs=None):
     """The last epoch's results.csv row of a finished run (its committed copy in RESULTS, else the run's own),
     or None."""
     path = RESULTS / f"{run}.csv"
@@ -62,7 +62,8 @@ def final_row(run):
             return None
     with open(path, newline="") as f:
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
-    return rows[-1] if rows else None
+    finished = rows and (epochs is None or int(float(rows[-1]["epoch"])) == epochs - 1)
+    return rows[-1] if finished else None
 
 
 def run_row(name, epochs, dry_run):
@@ -76,8 +77,7 @@ def run_row(name, epochs, dry_run):
 
 
 def _execute(run, cmd, epochs, dry_run):
-    row = final_row(run)
-    if row is not None and int(float(row["epoch"])) == epochs - 1:
+    if final_row(run, epochs) is not None:
         print(f"{run}: done")
         return
     print(" ".join(cmd[1:]))
@@ -99,19 +99,19 @@ def train_teacher(epochs, dry_run):
         print(f"teacher saved to {TEACHER.relative_to(ROOT)}: commit it")
 
 
-def table():
+def table(epochs, teacher_epochs):
     """Per row: mean (sd) of the four mAPs over seeds; paired differences to base; mask gap recovered."""
-    teacher = final_row("teacher")
-    base = {s: final_row(f"base_s{s}") for s in ROWS["base"][2]}
+    teacher = final_row("teacher", teacher_epochs)
+    base = {s: final_row(f"base_s{s}", epochs) for s in ROWS["base"][2]}
     base = {s: r for s, r in base.items() if r}
     print("| row | seeds | box mAP50 | box mAP50-95 | mask mAP50 | mask mAP50-95 | paired diff mask mAP50-95 "
           "(vs base, same seed) | mask gap recovered |")
     print("|---|---|---|---|---|---|---|---|")
     if teacher:
-        print("| teacher (20 epochs) | 0 | " + " | ".join(f"{float(teacher[m]):.3f}" for m in METRICS) + " | | |")
+        print(f"| teacher ({teacher_epochs} epochs) | 0 | " + " | ".join(f"{float(teacher[m]):.3f}" for m in METRICS) + " | | |")
     base_mask = mean(float(r[METRICS[3]]) for r in base.values()) if base else None
     for name in ROWS:
-        runs = {s: final_row(f"{name}_s{s}") for s in ROWS[name][2]}
+        runs = {s: final_row(f"{name}_s{s}", epochs) for s in ROWS[name][2]}
         runs = {s: r for s, r in runs.items() if r}
         if not runs:
             continue
@@ -145,7 +145,7 @@ def main():
         else:
             run_row(name, opt.epochs, opt.dry_run)
     if opt.table or not rows:
-        table()
+        table(opt.epochs, opt.teacher_epochs)
 
 
 if __name__ == "__main__":
