@@ -88,7 +88,7 @@ class DistillationBuilder(ObjectiveBuilder):
         self.teachers = load_checked_teachers(student, device, self.opt)
         if self.opt.t_val and not resuming and RANK in (-1, 0):  # measured once, when the run starts
             from distill.teacher_check import warn_if_teacher_not_better
-            warn_if_teacher_not_better(self.teachers, data, self.opt)
+            warn_if_teacher_not_better(self.teachers, data, self.opt, student.task)
         if not self.distils_outputs:
             return None  # feature terms alone: the student keeps its own anchors (AutoAnchor as usual)
         adopt_teacher_anchors(student, self.teachers[0], f"teacher {self.opt.t_weights[0]}")

@@ -83,7 +83,7 @@ def test_val_on_a_seg_checkpoint_prints_v7_table_and_writes_rle_masks(tiny_seg_d
     weights = save_checkpoint(tmp_path / "seg.pt", model_checkpoint_fields(_seg_model()))
     results, maps, _ = val.main(val.parse_opt(["--data", str(tiny_seg_data), "--weights", str(weights), "--imgsz",
                                                "64", "--device", "cpu", "--workers", "0", "--project",
-                                               str(tmp_path), "--save-json", "--conf-thres", "0.0", "--noplots"]))
+                                               str(tmp_path), "--save-json", "--conf-thres", "0.0"]))
     out, err = capsys.readouterr()
     assert "Box(P" in err and "Mask(P" in err and "mAP50-95)" in err  # the table header is the progress bar's
     assert len(results) == 12 and maps.shape == (8,)
@@ -93,6 +93,7 @@ def test_val_on_a_seg_checkpoint_prints_v7_table_and_writes_rle_masks(tiny_seg_d
     gt = json.loads((tmp_path / "exp" / "ground_truth.json").read_text())
     assert all(len(a["segmentation"][0]) >= 6 and a["area"] > 0 for a in gt["annotations"])
     assert "segm mAP@0.5:0.95" in out  # pycocotools' masks beside the project's
+    assert all((tmp_path / "exp" / f"val_batch0_{kind}.jpg").exists() for kind in ("labels", "pred"))
 
 
 def test_trainer_validates_seg_models_and_logs_v7_columns(tiny_seg_data, tmp_path):

@@ -241,11 +241,25 @@ def _run_batches(net, loader, device, half, o):
             _process_image(pred, labels, im[si].shape[1:], Path(paths[si]), shapes[si], iouv, stats, jdict,
                            confusion, o, seg)
         if o["plots"] and batch_i < 3:
-            from utils.plots import output_to_target, plot_images
-            d = o["save_dir"]
-            plot_images(im, targets, paths, d / f"val_batch{batch_i}_labels.jpg", o["names"])
-            plot_images(im, output_to_target(preds), paths, d / f"val_batch{batch_i}_pred.jpg", o["names"])
+            _plot_batch(im, targets, preds, paths, batch_i, o, masks, train_out[1] if o["seg"] else None)
     return dict(stats=stats, jdict=jdict, seen=seen, dt=dt, loss=loss, confusion=confusion, seg=o["seg"])
+
+
+def _plot_batch(im, targets, preds, paths, batch_i, o, masks=None, proto=None, max_det=300):
+    """val_batch{i}_labels.jpg and _pred.jpg; with a -seg model's masks (labels' and predicted) too."""
+    from utils.plots import output_to_target, plot_images
+    label_masks = pred_masks = None
+    if o["seg"]:
+        label_masks = torch.zeros((len(targets), *masks.shape[-2:]), device=masks.device)
+        for si in range(im.shape[0]):
+            rows = targets[:, 0] == si
+            label_masks[rows] = image_gt_masks(masks, targets, si, int(rows.sum()), o["overlap"])
+        pred_masks = [predicted_masks(proto[si], p[:max_det], im.shape[2:]) for si, p in enumerate(preds)]
+        pred_masks = torch.cat(pred_masks) if pred_masks else None
+    d = o["save_dir"]
+    plot_images(im, targets, paths, d / f"val_batch{batch_i}_labels.jpg", o["names"], label_masks)
+    plot_images(im, output_to_target(preds, max_det), paths, d / f"val_batch{batch_i}_pred.jpg", o["names"],
+                pred_masks)
 
 
 def _process_image(pred, labels, im_shape, path, shape_info, iouv, stats, jdict, confusion, o, seg=None):

@@ -282,13 +282,18 @@ def _tile(images, ns, h, w, scale):
     return mosaic
 
 
-def plot_images(images, targets, paths=None, fname="images.jpg", names=None):
+def plot_images(images, targets, paths=None, fname="images.jpg", names=None, masks=None):
     """Save a mosaic of up to 16 batch images with their boxes (labels, or predictions with conf).
 
     images: [B, 3, H, W] RGB (uint8, or float in 0-1); targets: [n, 6] (image, cls, xc, yc, w, h)
     labels or [n, 7] predictions with conf; boxes normalised or in input pixels.
+    masks: a segmentation model's instance masks [n, h, w], one per target row, of any resolution covering
+    the whole input (the loader's 1/4 masks, or predicted ones); blended under the boxes in the class colour.
     """
     images, targets = _to_numpy(images), _to_numpy(targets).reshape(-1, targets.shape[-1] if len(targets) else 6)
+    masks = None if masks is None else _to_numpy(masks).reshape(-1, *np.shape(masks)[-2:])
+    if masks is not None and len(masks) != len(targets):
+        raise ValueError(f"{len(masks)} masks for {len(targets)} target rows")
     if images.max(initial=0) <= 1:
         images = images * 255
     images = images.clip(0, 255).astype(np.uint8)[:MAX_SUBPLOTS]
@@ -304,7 +309,10 @@ def plot_images(images, targets, paths=None, fname="images.jpg", names=None):
         annotator.rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=2)
         if paths is not None and i < len(paths):
             annotator.text((x + 5, y + 5), Path(paths[i]).name[:40], txt_color=(220, 220, 220))
-        _draw_targets(annotator, targets[targets[:, 0] == i], x, y, w, h, scale, names)
+        in_tile = targets[:, 0] == i
+        if masks is not None:
+            _draw_masks(annotator, targets[in_tile], masks[in_tile], x, y, w, h)
+        _draw_targets(annotator, targets[in_tile], x, y, w, h, scale, names)
     out = cv2.cvtColor(annotator.result(), cv2.COLOR_RGB2BGR)
     Path(fname).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(fname), out)
@@ -331,3 +339,17 @@ def _draw_targets(annotator, ti, x, y, w, h, scale, names):
         name = names.get(cls, str(cls))
         label = name if is_labels else f"{name} {ti[j, 6]:.1f}"
         annotator.box_label(box, label, color=colors(cls))
+
+
+def _draw_masks(annotator, ti, masks, x, y, w, h, alpha=0.5):
+    """Blend one tile's instance masks (resized to the tile) in their class colours, predictions above
+    MIN_PLOT_CONF only, like their boxes."""
+    keep = np.ones(len(ti), bool) if ti.shape[1] == 6 else ti[:, 6] > MIN_PLOT_CONF
+    if not keep.any():
+        return
+    tile = annotator.im[y:y + h, x:x + w]  # a view: blending writes into the mosaic
+    th, tw = tile.shape[:2]  # the last row / column of tiles can be cut by the canvas edge
+    for row, mask in zip(ti[keep], masks[keep]):
+        resized = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[:th, :tw] > 0.5
+        colour = np.float32(colors(int(row[1])))
+        tile[resized] = (tile[resized].astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
