@@ -35,8 +35,9 @@ def _val_map(model, data, opt, masks=False):
     on a float copy of a half teacher).
     """
     from utils.evaluate import build_loader, evaluate, print_results
+    from utils.tasks import TASKS
     stride = max(int(model.stride.max()), 32)
-    options = dict(masks=True, overlap=not opt.no_overlap, downsample_ratio=opt.mask_ratio) if masks else {}
+    options = TASKS["segment" if masks else "detect"].loader_options(opt)  # the training loader's mask layout
     loader = build_loader(data, "val", opt.imgsz, opt.batch_size * 2, stride, opt.single_cls, opt.workers, **options)
     res = evaluate(model, loader, half=False, single_cls=opt.single_cls, nc=int(data["nc"]), leave_bar=False)
     print_results(res)

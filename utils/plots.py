@@ -38,6 +38,12 @@ class Colors:
 colors = Colors()
 
 
+def blend(image, where, colour, alpha=0.5):
+    """Paint `colour` at `alpha` over the pixels of uint8 HWC `image` that `where` indexes (a bool mask or
+    np.nonzero's tuple), in place."""
+    image[where] = (image[where].astype(np.float32) * (1 - alpha) + np.float32(colour) * alpha).round().astype(np.uint8)
+
+
 class Annotator:
     """Draw labelled boxes and text on a uint8 HWC image with OpenCV (no fonts to download)."""
 
@@ -69,9 +75,7 @@ class Annotator:
         if masks.shape[1:] != self.im.shape[:2]:
             raise ValueError(f"masks {masks.shape[1:]} do not match the image {self.im.shape[:2]}")
         for m, c in zip(masks[::-1], colors[::-1]):
-            rows, cols = np.nonzero(m)  # only the mask's pixels: cheap for many small instances
-            pixels = self.im[rows, cols].astype(np.float32)
-            self.im[rows, cols] = (pixels * (1 - alpha) + np.float32(c) * alpha).round().astype(np.uint8)
+            blend(self.im, np.nonzero(m), c, alpha)  # only the mask's pixels: cheap for many small instances
 
     def rectangle(self, xy, fill=None, outline=None, width=1):
         color = fill if fill is not None else outline
@@ -351,5 +355,4 @@ def _draw_masks(annotator, ti, masks, x, y, w, h, alpha=0.5):
     th, tw = tile.shape[:2]  # the last row / column of tiles can be cut by the canvas edge
     for row, mask in zip(ti[keep], masks[keep]):
         resized = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[:th, :tw] > 0.5
-        colour = np.float32(colors(int(row[1])))
-        tile[resized] = (tile[resized].astype(np.float32) * (1 - alpha) + colour * alpha).round().astype(np.uint8)
+        blend(tile, resized, colors(int(row[1])), alpha)
